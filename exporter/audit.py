@@ -1,0 +1,289 @@
+"""Exact, incremental counting of the audit log: the pure bookkeeping.
+
+Two pieces, both free of I/O so they can be tested exhaustively:
+
+* ``IdGapTracker`` decides which audit ids a refresh must read: every id above the
+  highest one counted, plus the *gaps* below it — ids that were not visible yet and may
+  still commit. A gap is forgotten only once it is provably permanent (see
+  ``docs/design/incremental-audit.md`` for the argument), so nothing is missed, nothing is
+  counted twice, and the set of gaps does not grow without bound.
+* ``AuditTally`` accumulates what was read: lifetime counts per product and action, the
+  boot-duration histogram, the most recent boot durations, and the rows of the last hour
+  for the rolling-window figures.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from types import MappingProxyType
+
+from exporter.domain import (
+    ROLLING_WINDOW,
+    ActionCategories,
+    BootHistogram,
+    EventCategory,
+    average_ms,
+)
+
+ID_ALLOCATION_GRACE = timedelta(seconds=60)
+"""Upper bound on the time between an INSERT taking an audit id from the sequence and its
+transaction holding a transaction id. Both happen inside one INSERT statement (the id is the
+column default; the transaction id is assigned when the row is written), so the real figure is
+microseconds; one minute leaves a wide margin."""
+
+
+@dataclass(frozen=True, slots=True)
+class DbSnapshot:
+    """What the refresh transaction's snapshot tells about concurrent writers."""
+
+    started_at: datetime
+    """``now()``: no later than the moment the snapshot was taken."""
+    observed_at: datetime
+    """``clock_timestamp()`` read after the snapshot was taken."""
+    xmin: int
+    """Oldest transaction id still running (64-bit, wraparound-free)."""
+    xmax: int
+    """First transaction id not yet assigned when the snapshot was taken."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    id: int
+    product_id: str | None
+    action: str
+    timestamp: datetime
+    duration_ms: int | None
+
+
+@dataclass(slots=True)
+class IdGap:
+    """An inclusive range of ids below the high-water mark that has not been seen yet."""
+
+    lo: int
+    hi: int
+    first_missing_at: datetime
+    fence_xid: int | None = None
+    """Set once the grace period has passed: every transaction that could hold one of these
+    ids has a transaction id below this value. When the oldest running transaction is at or
+    past it, the ids that are still missing never committed and never will."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReadPlan:
+    after_id: int
+    gap_los: tuple[int, ...]
+    gap_his: tuple[int, ...]
+
+
+class IdGapTracker:
+    """Which audit ids have been counted, and which may still appear."""
+
+    def __init__(self, high_water: int, gaps: Iterable[IdGap] = ()) -> None:
+        self.high_water = high_water
+        self.gaps: list[IdGap] = sorted(gaps, key=lambda g: g.lo)
+
+    @classmethod
+    def from_initial_pass(
+        cls, high_water: int, missing: Iterable[tuple[int, int]], snapshot: DbSnapshot
+    ) -> IdGapTracker:
+        """Start from a full count: every id missing below the highest one is a gap."""
+        gaps = (IdGap(lo, hi, snapshot.observed_at) for lo, hi in missing if lo <= hi)
+        return cls(high_water, gaps)
+
+    def read_plan(self) -> ReadPlan:
+        return ReadPlan(
+            after_id=self.high_water,
+            gap_los=tuple(g.lo for g in self.gaps),
+            gap_his=tuple(g.hi for g in self.gaps),
+        )
+
+    @property
+    def pending_ids(self) -> int:
+        return sum(g.hi - g.lo + 1 for g in self.gaps)
+
+    def advance(self, seen_ids: Iterable[int], snapshot: DbSnapshot) -> None:
+        """Record the ids one refresh read (gap hits and new ids) under ``snapshot``.
+
+        Must be called with every id the read plan's queries returned in that snapshot.
+        """
+        ids = sorted(set(seen_ids))
+        split = bisect.bisect_right(ids, self.high_water)
+        self._fill_gaps(ids[:split])
+        self._extend(ids[split:], snapshot.observed_at)
+        self._retire_permanent_gaps(snapshot)
+
+    def _fill_gaps(self, hits: Sequence[int]) -> None:
+        if not hits:
+            return
+        remaining: list[IdGap] = []
+        for gap in self.gaps:
+            start = bisect.bisect_left(hits, gap.lo)
+            end = bisect.bisect_right(hits, gap.hi)
+            lo = gap.lo
+            for hit in hits[start:end]:
+                if hit > lo:
+                    remaining.append(IdGap(lo, hit - 1, gap.first_missing_at, gap.fence_xid))
+                lo = hit + 1
+            if lo <= gap.hi:
+                remaining.append(IdGap(lo, gap.hi, gap.first_missing_at, gap.fence_xid))
+        self.gaps = remaining
+
+    def _extend(self, new_ids: Sequence[int], observed_at: datetime) -> None:
+        previous = self.high_water
+        for new_id in new_ids:
+            if new_id > previous + 1:
+                self.gaps.append(IdGap(previous + 1, new_id - 1, observed_at))
+            previous = new_id
+        self.high_water = previous
+
+    def _retire_permanent_gaps(self, snapshot: DbSnapshot) -> None:
+        kept: list[IdGap] = []
+        for gap in self.gaps:
+            if gap.fence_xid is None and snapshot.started_at >= (
+                gap.first_missing_at + ID_ALLOCATION_GRACE
+            ):
+                gap.fence_xid = snapshot.xmax
+            if gap.fence_xid is not None and snapshot.xmin >= gap.fence_xid:
+                continue
+            kept.append(gap)
+        self.gaps = kept
+
+
+def bucket_thresholds_ms(upper_bounds_s: Sequence[float]) -> tuple[int, ...]:
+    """Integer thresholds such that a whole-millisecond duration ``d`` falls in the bucket
+    ``le=b`` exactly when ``d <= b * 1000``: the bucket index is the number of thresholds
+    ``<= d``. The same thresholds drive PostgreSQL's ``width_bucket`` in the start-up pass,
+    so SQL and Python put every duration in the same bucket."""
+    return tuple(
+        int((Decimal(str(b)) * 1000).to_integral_value("ROUND_FLOOR")) + 1 for b in upper_bounds_s
+    )
+
+
+@dataclass(slots=True)
+class _Histogram:
+    bucket_counts: list[int]
+    sum_ms: int = 0
+    count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ProductAudit:
+    """A frozen copy of one product's audit figures, for a snapshot."""
+
+    lifetime_by_action: Mapping[str, int]
+    last_hour: Mapping[EventCategory, int]
+    avg_boot_ms: int | None
+    boot_histogram: BootHistogram
+
+
+class AuditTally:
+    """Running audit figures per product, fed by the start-up pass and then row by row."""
+
+    def __init__(
+        self,
+        categories: ActionCategories,
+        boot_buckets_s: tuple[float, ...],
+        boot_sample_size: int,
+    ) -> None:
+        self._categories = categories
+        self._tracked = categories.tracked_actions
+        self._buckets_s = boot_buckets_s
+        self._thresholds = bucket_thresholds_ms(boot_buckets_s)
+        self._sample_size = boot_sample_size
+        self._lifetime: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        self._histograms: dict[str, _Histogram] = {}
+        self._boot_samples: defaultdict[str, list[tuple[int, int]]] = defaultdict(list)
+        self._recent: defaultdict[tuple[str, EventCategory], list[datetime]] = defaultdict(list)
+
+    @property
+    def thresholds_ms(self) -> tuple[int, ...]:
+        return self._thresholds
+
+    def _action_key(self, action: str) -> str:
+        return action if action in self._tracked else "other"
+
+    def _histogram(self, product_id: str) -> _Histogram:
+        histogram = self._histograms.get(product_id)
+        if histogram is None:
+            histogram = _Histogram([0] * (len(self._thresholds) + 1))
+            self._histograms[product_id] = histogram
+        return histogram
+
+    def add_count(self, product_id: str, action: str, rows: int) -> None:
+        self._lifetime[product_id][self._action_key(action)] += rows
+
+    def add_boot_bucket(self, product_id: str, bucket: int, rows: int, sum_ms: int) -> None:
+        histogram = self._histogram(product_id)
+        histogram.bucket_counts[bucket] += rows
+        histogram.sum_ms += sum_ms
+        histogram.count += rows
+
+    def add_boot_sample(self, product_id: str, audit_id: int, duration_ms: int) -> None:
+        sample = self._boot_samples[product_id]
+        bisect.insort(sample, (audit_id, duration_ms))
+        if len(sample) > self._sample_size:
+            del sample[: len(sample) - self._sample_size]
+
+    def add_recent(self, product_id: str, action: str, timestamp: datetime) -> None:
+        for category in self._categories.categories_of(action):
+            bisect.insort(self._recent[(product_id, category)], timestamp)
+
+    def add_row(self, row: AuditRow, now: datetime) -> None:
+        """Count one row read incrementally (each row exactly once)."""
+        if row.product_id is None:
+            return
+        self.add_count(row.product_id, row.action, 1)
+        if row.action in self._categories.provision and row.duration_ms is not None:
+            bucket = bisect.bisect_right(self._thresholds, row.duration_ms)
+            self.add_boot_bucket(row.product_id, bucket, 1, row.duration_ms)
+            self.add_boot_sample(row.product_id, row.id, row.duration_ms)
+        if row.timestamp > now - ROLLING_WINDOW:
+            self.add_recent(row.product_id, row.action, row.timestamp)
+
+    def prune(self, now: datetime) -> None:
+        """Forget rows that have left the rolling window for good (windows only move forward)."""
+        cutoff = now - ROLLING_WINDOW
+        for key in list(self._recent):
+            timestamps = self._recent[key]
+            del timestamps[: bisect.bisect_right(timestamps, cutoff)]
+            if not timestamps:
+                del self._recent[key]
+
+    def product_ids(self) -> set[str]:
+        return set(self._lifetime) | set(self._histograms) | {p for p, _ in self._recent}
+
+    def product_audit(self, product_id: str, now: datetime) -> ProductAudit:
+        last_hour = {}
+        for category in EventCategory:
+            timestamps = self._recent.get((product_id, category), [])
+            last_hour[category] = bisect.bisect_right(timestamps, now) - bisect.bisect_right(
+                timestamps, now - ROLLING_WINDOW
+            )
+        sample = self._boot_samples.get(product_id, [])
+        return ProductAudit(
+            lifetime_by_action=MappingProxyType(dict(self._lifetime.get(product_id, {}))),
+            last_hour=MappingProxyType(last_hour),
+            avg_boot_ms=average_ms(duration for _, duration in sample),
+            boot_histogram=self._frozen_histogram(product_id),
+        )
+
+    def _frozen_histogram(self, product_id: str) -> BootHistogram:
+        histogram = self._histograms.get(product_id)
+        if histogram is None:
+            return BootHistogram.empty(self._buckets_s)
+        cumulative: list[int] = []
+        running = 0
+        for count in histogram.bucket_counts:
+            running += count
+            cumulative.append(running)
+        return BootHistogram(
+            upper_bounds_s=self._buckets_s,
+            cumulative_counts=tuple(cumulative),
+            sum_s=histogram.sum_ms / 1000.0,
+            count=histogram.count,
+        )

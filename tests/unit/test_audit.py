@@ -1,0 +1,265 @@
+"""Incremental audit counting: id gap bookkeeping and the running tally, without a database.
+
+The model-based test plays a small MVCC database (sequence, transaction ids, commits,
+rollbacks, snapshots) against ``IdGapTracker`` and checks every committed row is counted
+exactly once and every gap is eventually retired.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from exporter.audit import (
+    ID_ALLOCATION_GRACE,
+    AuditRow,
+    AuditTally,
+    DbSnapshot,
+    IdGap,
+    IdGapTracker,
+    bucket_thresholds_ms,
+)
+from exporter.domain import ActionCategories, EventCategory
+
+T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+CATEGORIES = ActionCategories(
+    provision=("provision",),
+    destroy=("destroy",),
+    crash=("health_failed",),
+    restart=("auto_restart_start",),
+)
+
+
+def _snapshot(at: datetime, xmin: int, xmax: int) -> DbSnapshot:
+    return DbSnapshot(started_at=at, observed_at=at, xmin=xmin, xmax=xmax)
+
+
+def test_new_ids_move_the_high_water_mark_and_holes_become_gaps() -> None:
+    tracker = IdGapTracker(high_water=10)
+    tracker.advance([11, 12, 15, 18], _snapshot(T0, 100, 105))
+    assert tracker.high_water == 18
+    assert [(g.lo, g.hi) for g in tracker.gaps] == [(13, 14), (16, 17)]
+    assert tracker.read_plan().after_id == 18
+
+
+def test_a_late_commit_inside_a_gap_splits_it() -> None:
+    tracker = IdGapTracker(high_water=10)
+    tracker.advance([20], _snapshot(T0, 100, 105))
+    tracker.advance([13, 17], _snapshot(T0 + timedelta(seconds=5), 100, 106))
+    assert [(g.lo, g.hi) for g in tracker.gaps] == [(11, 12), (14, 16), (18, 19)]
+    assert tracker.pending_ids == 7
+
+
+def test_a_gap_is_kept_while_its_writers_may_still_commit() -> None:
+    tracker = IdGapTracker(high_water=10)
+    tracker.advance([12], _snapshot(T0, 100, 105))
+    after_grace = T0 + ID_ALLOCATION_GRACE
+    tracker.advance([], _snapshot(after_grace, 100, 107))
+    assert tracker.gaps[0].fence_xid == 107
+    tracker.advance([], _snapshot(after_grace + timedelta(seconds=5), 106, 110))
+    assert [(g.lo, g.hi) for g in tracker.gaps] == [(11, 11)]
+
+
+def test_a_gap_is_retired_once_every_possible_writer_has_finished() -> None:
+    tracker = IdGapTracker(high_water=10)
+    tracker.advance([12], _snapshot(T0, 100, 105))
+    tracker.advance([], _snapshot(T0 + ID_ALLOCATION_GRACE, 100, 107))
+    tracker.advance([], _snapshot(T0 + ID_ALLOCATION_GRACE * 2, 107, 109))
+    assert tracker.gaps == []
+
+
+def test_no_gap_is_retired_before_the_grace_period_even_when_idle() -> None:
+    tracker = IdGapTracker(high_water=10)
+    tracker.advance([12], _snapshot(T0, 105, 105))
+    tracker.advance([], _snapshot(T0 + ID_ALLOCATION_GRACE - timedelta(seconds=1), 105, 105))
+    assert [(g.lo, g.hi) for g in tracker.gaps] == [(11, 11)]
+    tracker.advance([], _snapshot(T0 + ID_ALLOCATION_GRACE, 105, 105))
+    assert tracker.gaps == []
+
+
+def test_initial_pass_turns_every_missing_range_into_a_gap() -> None:
+    snapshot = _snapshot(T0, 50, 60)
+    tracker = IdGapTracker.from_initial_pass(100, [(1, 4), (40, 40)], snapshot)
+    assert tracker.high_water == 100
+    assert [(g.lo, g.hi, g.first_missing_at) for g in tracker.gaps] == [
+        (1, 4, T0),
+        (40, 40, T0),
+    ]
+
+
+def test_gap_ranges_keep_their_fence_when_split() -> None:
+    tracker = IdGapTracker(10, [IdGap(1, 9, T0, fence_xid=77)])
+    tracker.advance([5], _snapshot(T0, 10, 20))
+    assert [(g.lo, g.hi, g.fence_xid) for g in tracker.gaps] == [(1, 4, 77), (6, 9, 77)]
+
+
+@dataclass
+class _Txn:
+    xid: int | None = None
+    ids: list[int] = field(default_factory=list)
+    allocated_at: datetime | None = None
+    state: str = "running"
+
+
+@dataclass
+class _MvccModel:
+    """Sequence + transaction ids + visibility, as PostgreSQL has them for one table."""
+
+    rng: random.Random
+    now: datetime = T0
+    next_id: int = 1
+    next_xid: int = 1000
+    txns: list[_Txn] = field(default_factory=list)
+    commit_order: list[_Txn] = field(default_factory=list)
+
+    def running(self) -> list[_Txn]:
+        return [t for t in self.txns if t.state == "running"]
+
+    def assign_xid(self, txn: _Txn) -> None:
+        if txn.xid is None:
+            txn.xid = self.next_xid
+            self.next_xid += 1
+
+    def step(self) -> None:
+        elapsed = timedelta(seconds=self.rng.choice([0, 0, 1, 5, 20]))
+        for txn in self.running():
+            if txn.xid is None and txn.allocated_at is not None:
+                if self.now + elapsed >= txn.allocated_at + ID_ALLOCATION_GRACE:
+                    self.assign_xid(txn)
+        self.now += elapsed
+        action = self.rng.random()
+        running = self.running()
+        if action < 0.25 or not running:
+            txn = _Txn()
+            if self.rng.random() < 0.5:
+                self.assign_xid(txn)
+            self.txns.append(txn)
+        elif action < 0.55:
+            txn = self.rng.choice(running)
+            txn.ids.append(self.next_id)
+            self.next_id += 1
+            txn.allocated_at = txn.allocated_at or self.now
+            if self.rng.random() < 0.7:
+                self.assign_xid(txn)
+        elif action < 0.65:
+            txn = self.rng.choice(running)
+            if txn.ids:
+                self.assign_xid(txn)
+            txn.state = "aborted"
+        elif action < 0.7:
+            self.next_id += self.rng.randint(1, 40)
+        else:
+            txn = self.rng.choice(running)
+            if txn.ids:
+                self.assign_xid(txn)
+            txn.state = "committed"
+
+    def snapshot(self) -> tuple[DbSnapshot, set[int]]:
+        xids = [t.xid for t in self.running() if t.xid is not None]
+        xmin = min(xids) if xids else self.next_xid
+        visible = {i for t in self.txns if t.state == "committed" for i in t.ids}
+        return _snapshot(self.now, xmin, self.next_xid), visible
+
+    def finish_everything(self) -> None:
+        for txn in self.running():
+            self.assign_xid(txn)
+            txn.state = "committed"
+
+
+def _refresh(model: _MvccModel, tracker: IdGapTracker, counted: list[int]) -> None:
+    snapshot, visible = model.snapshot()
+    plan = tracker.read_plan()
+    in_gaps = {
+        i for i in visible for lo, hi in zip(plan.gap_los, plan.gap_his, strict=True) if lo <= i <= hi
+    }
+    after = {i for i in visible if i > plan.after_id}
+    read = in_gaps | after
+    counted.extend(read)
+    tracker.advance(read, snapshot)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(min_value=0, max_value=2**32))
+def test_every_committed_row_is_counted_exactly_once_and_gaps_drain(seed: int) -> None:
+    model = _MvccModel(random.Random(seed))
+    tracker = IdGapTracker(high_water=0)
+    counted: list[int] = []
+    for _ in range(model.rng.randint(5, 60)):
+        for _ in range(model.rng.randint(0, 6)):
+            model.step()
+        _refresh(model, tracker, counted)
+    model.finish_everything()
+    for _ in range(3):
+        model.now += ID_ALLOCATION_GRACE
+        _refresh(model, tracker, counted)
+    committed = {i for t in model.txns if t.state == "committed" for i in t.ids}
+    assert len(counted) == len(set(counted)), "a row was counted twice"
+    assert set(counted) == committed, "a committed row was missed"
+    assert tracker.gaps == [], "a permanent gap was never retired"
+
+
+def _tally(sample_size: int = 3) -> AuditTally:
+    return AuditTally(CATEGORIES, (1.0, 2.5, 5.0), sample_size)
+
+
+def _row(audit_id: int, action: str, *, at: datetime = T0, ms: int | None = None) -> AuditRow:
+    return AuditRow(audit_id, "p1", action, at, ms)
+
+
+def test_bucket_thresholds_make_upper_bounds_inclusive() -> None:
+    assert bucket_thresholds_ms((1.0, 2.5, 0.0005)) == (1001, 2501, 1)
+
+
+def test_boot_histogram_counts_a_duration_equal_to_a_bound_in_that_bucket() -> None:
+    tally = _tally()
+    for audit_id, ms in enumerate((1000, 1001, 2500, 9000), start=1):
+        tally.add_row(_row(audit_id, "provision", ms=ms), T0)
+    histogram = tally.product_audit("p1", T0).boot_histogram
+    assert histogram.cumulative_counts == (1, 3, 3, 4)
+    assert histogram.count == 4
+    assert histogram.sum_s == 13.501
+
+
+def test_provision_rows_without_duration_count_but_stay_out_of_the_histogram() -> None:
+    tally = _tally()
+    tally.add_row(_row(1, "provision"), T0)
+    audit = tally.product_audit("p1", T0)
+    assert audit.lifetime_by_action["provision"] == 1
+    assert audit.boot_histogram.count == 0
+    assert audit.avg_boot_ms is None
+
+
+def test_average_boot_uses_the_most_recent_rows_by_id_even_when_they_arrive_late() -> None:
+    tally = _tally(sample_size=3)
+    for audit_id, ms in ((1, 1000), (2, 2000), (4, 4000), (5, 5000)):
+        tally.add_row(_row(audit_id, "provision", ms=ms), T0)
+    assert tally.product_audit("p1", T0).avg_boot_ms == 3667
+    tally.add_row(_row(3, "provision", ms=9000), T0)
+    assert tally.product_audit("p1", T0).avg_boot_ms == 6000
+
+
+def test_rolling_hour_counts_rows_by_timestamp_and_forgets_old_ones() -> None:
+    tally = _tally()
+    tally.add_row(_row(1, "health_failed", at=T0 - timedelta(minutes=59)), T0)
+    tally.add_row(_row(2, "health_failed", at=T0 - timedelta(minutes=61)), T0)
+    tally.add_row(_row(3, "auto_restart_start", at=T0), T0)
+    assert tally.product_audit("p1", T0).last_hour[EventCategory.CRASH] == 1
+    assert tally.product_audit("p1", T0).last_hour[EventCategory.RESTART] == 1
+    later = T0 + timedelta(minutes=2)
+    tally.prune(later)
+    audit = tally.product_audit("p1", later)
+    assert audit.last_hour[EventCategory.CRASH] == 0
+    assert audit.last_hour[EventCategory.RESTART] == 1
+    assert audit.lifetime_by_action["health_failed"] == 2
+
+
+def test_unknown_actions_are_counted_as_other_and_system_rows_are_skipped() -> None:
+    tally = _tally()
+    tally.add_row(_row(1, "reticulate"), T0)
+    tally.add_row(AuditRow(2, None, "provision", T0, 100), T0)
+    assert dict(tally.product_audit("p1", T0).lifetime_by_action) == {"other": 1}
+    assert tally.product_ids() == {"p1"}
