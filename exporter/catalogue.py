@@ -1,0 +1,252 @@
+"""The metric catalogue: every family the service exposes, declared once.
+
+Each entry names a family, its type, help text, labels, whether it is fleet data (dropped
+when the data is stale) or a self-metric (always served), and how its samples are computed
+from a ``ExpositionInput``. The exposition renders exactly this list, the README's metric
+table is generated from it, and the tests compare both against a real scrape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from exporter.domain import (
+    BootHistogram,
+    FleetSnapshot,
+    ProductFleet,
+    action_counts_for_labels,
+    failed_ratio,
+    fleet_health,
+    status_counts_for_labels,
+)
+from exporter.domain import Health as HealthState
+
+REFRESH_STAGES: tuple[str, ...] = ("connect", "products", "engines", "audit")
+"""Where a refresh can fail; each has its own ``refresh_errors_total`` series."""
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshStats:
+    """The refresher's own figures, current as of its last attempt."""
+
+    last_duration_s: float
+    last_success_unix: float | None
+    errors_by_stage: Mapping[str, int]
+    database_up: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ExpositionInput:
+    snapshot: FleetSnapshot | None
+    stats: RefreshStats
+    critical_failed_ratio: float
+    refresh_interval_s: float
+    version: str
+
+
+Labels = tuple[str, ...]
+Sample = tuple[Labels, float]
+HistogramSample = tuple[Labels, BootHistogram]
+
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    name: str
+    """As exposed in the text format; counters end in ``_total``."""
+    kind: Literal["gauge", "counter", "histogram"]
+    help: str
+    """May use ``{interval}``: the refresh interval in seconds."""
+    labels: Labels
+    fleet_data: bool
+    """Fleet data is dropped once stale; self-metrics are always served."""
+    samples: Callable[[ExpositionInput], Iterable[Sample]] | None = None
+    histograms: Callable[[ExpositionInput], Iterable[HistogramSample]] | None = None
+
+    @property
+    def sample_names(self) -> tuple[str, ...]:
+        if self.kind == "histogram":
+            return (f"{self.name}_bucket", f"{self.name}_sum", f"{self.name}_count")
+        return (self.name,)
+
+
+def _fleets(data: ExpositionInput) -> list[ProductFleet]:
+    if data.snapshot is None:
+        return []
+    return sorted(data.snapshot.fleets.values(), key=lambda fleet: fleet.product.slug)
+
+
+def _engines(data: ExpositionInput) -> Iterable[Sample]:
+    for fleet in _fleets(data):
+        for status, count in status_counts_for_labels(fleet.engines_by_status).items():
+            yield (fleet.product.slug, status), count
+
+
+def _health(data: ExpositionInput) -> Iterable[Sample]:
+    for fleet in _fleets(data):
+        current = fleet_health(fleet.failed, fleet.total, data.critical_failed_ratio)
+        for state in HealthState:
+            yield (fleet.product.slug, state.value), 1.0 if state is current else 0.0
+
+
+def _failed_ratio(data: ExpositionInput) -> Iterable[Sample]:
+    for fleet in _fleets(data):
+        yield (fleet.product.slug,), failed_ratio(fleet.failed, fleet.total)
+
+
+def _lifecycle_events(data: ExpositionInput) -> Iterable[Sample]:
+    for fleet in _fleets(data):
+        for action, count in action_counts_for_labels(fleet.lifetime_by_action).items():
+            yield (fleet.product.slug, action), count
+
+
+def _boot_durations(data: ExpositionInput) -> Iterable[HistogramSample]:
+    for fleet in _fleets(data):
+        yield (fleet.product.slug,), fleet.boot_histogram
+
+
+def _oldest_provisioning(data: ExpositionInput) -> Iterable[Sample]:
+    for fleet in _fleets(data):
+        yield (fleet.product.slug,), fleet.oldest_provisioning_age_s
+
+
+def _refresh_duration(data: ExpositionInput) -> Iterable[Sample]:
+    yield (), data.stats.last_duration_s
+
+
+def _last_success(data: ExpositionInput) -> Iterable[Sample]:
+    yield (), data.stats.last_success_unix or 0.0
+
+
+def _refresh_errors(data: ExpositionInput) -> Iterable[Sample]:
+    for stage in REFRESH_STAGES:
+        yield (stage,), data.stats.errors_by_stage.get(stage, 0)
+
+
+def _database_up(data: ExpositionInput) -> Iterable[Sample]:
+    yield (), 1.0 if data.stats.database_up else 0.0
+
+
+def _build_info(data: ExpositionInput) -> Iterable[Sample]:
+    yield (data.version,), 1.0
+
+
+FAMILIES: tuple[Family, ...] = (
+    Family(
+        "engine_fleet_engines",
+        "gauge",
+        "Engines per status; every state is always present, unknown statuses count as"
+        ' status="other". Refreshed every {interval} s.',
+        ("product", "status"),
+        fleet_data=True,
+        samples=_engines,
+    ),
+    Family(
+        "engine_fleet_health",
+        "gauge",
+        "Fleet health: 1 for the current state (ok: no failed engine; critical: failed share at"
+        " or above the configured ratio; degraded otherwise), 0 for the others."
+        " Refreshed every {interval} s.",
+        ("product", "health"),
+        fleet_data=True,
+        samples=_health,
+    ),
+    Family(
+        "engine_fleet_failed_ratio",
+        "gauge",
+        "Failed engines divided by all engines (0 for an empty fleet)."
+        " Refreshed every {interval} s.",
+        ("product",),
+        fleet_data=True,
+        samples=_failed_ratio,
+    ),
+    Family(
+        "engine_fleet_lifecycle_events_total",
+        "counter",
+        "Audit log rows per action over the whole log, exact; unknown actions count as"
+        ' action="other". Refreshed every {interval} s.',
+        ("product", "action"),
+        fleet_data=True,
+        samples=_lifecycle_events,
+    ),
+    Family(
+        "engine_fleet_boot_duration_seconds",
+        "histogram",
+        "Boot durations in seconds of provision rows that carry one, over the whole log."
+        " Refreshed every {interval} s.",
+        ("product",),
+        fleet_data=True,
+        histograms=_boot_durations,
+    ),
+    Family(
+        "engine_fleet_oldest_provisioning_seconds",
+        "gauge",
+        "Age in seconds of the oldest engine still provisioning (0 when none)."
+        " Refreshed every {interval} s.",
+        ("product",),
+        fleet_data=True,
+        samples=_oldest_provisioning,
+    ),
+    Family(
+        "engine_fleet_exporter_refresh_duration_seconds",
+        "gauge",
+        "Duration in seconds of the last refresh attempt (refreshes run every {interval} s).",
+        (),
+        fleet_data=False,
+        samples=_refresh_duration,
+    ),
+    Family(
+        "engine_fleet_exporter_last_refresh_success_timestamp_seconds",
+        "gauge",
+        "Unix time in seconds of the last successful refresh (0 before the first).",
+        (),
+        fleet_data=False,
+        samples=_last_success,
+    ),
+    Family(
+        "engine_fleet_exporter_refresh_errors_total",
+        "counter",
+        "Failed refreshes by the stage that failed (connect, products, engines, audit).",
+        ("stage",),
+        fleet_data=False,
+        samples=_refresh_errors,
+    ),
+    Family(
+        "engine_fleet_database_up",
+        "gauge",
+        "1 when the last refresh reached the database, else 0.",
+        (),
+        fleet_data=False,
+        samples=_database_up,
+    ),
+    Family(
+        "engine_fleet_exporter_build_info",
+        "gauge",
+        "Always 1; the version label carries the exporter version.",
+        ("version",),
+        fleet_data=False,
+        samples=_build_info,
+    ),
+)
+
+
+def exposed_sample_names() -> frozenset[str]:
+    """Every sample name a scrape can carry (histograms as _bucket, _sum and _count)."""
+    return frozenset(name for family in FAMILIES for name in family.sample_names)
+
+
+def markdown_table() -> str:
+    """The README's metric table, generated so the documentation cannot drift."""
+    rows = [
+        "| metric | type | labels | meaning |",
+        "|---|---|---|---|",
+    ]
+    for family in FAMILIES:
+        labels = ", ".join(family.labels) or "—"
+        meaning = family.help.replace(" Refreshed every {interval} s.", "").replace(
+            " (refreshes run every {interval} s)", ""
+        )
+        scope = "" if family.fleet_data else " Self-metric: always served."
+        rows.append(f"| `{family.name}` | {family.kind} | {labels} | {meaning}{scope} |")
+    return "\n".join(rows)
