@@ -137,7 +137,7 @@ FAMILIES: tuple[Family, ...] = (
         "engine_fleet_engines",
         "gauge",
         "Engines per status; every state is always present, unknown statuses count as"
-        ' status="other". Refreshed every {interval} s.',
+        " status=other. Refreshed every {interval} s.",
         ("product", "status"),
         fleet_data=True,
         samples=_engines,
@@ -165,7 +165,7 @@ FAMILIES: tuple[Family, ...] = (
         "engine_fleet_lifecycle_events_total",
         "counter",
         "Audit log rows per action over the whole log, exact; unknown actions count as"
-        ' action="other". Refreshed every {interval} s.',
+        " action=other. Refreshed every {interval} s.",
         ("product", "action"),
         fleet_data=True,
         samples=_lifecycle_events,

@@ -174,7 +174,10 @@ def _refresh(model: _MvccModel, tracker: IdGapTracker, counted: list[int]) -> No
     snapshot, visible = model.snapshot()
     plan = tracker.read_plan()
     in_gaps = {
-        i for i in visible for lo, hi in zip(plan.gap_los, plan.gap_his, strict=True) if lo <= i <= hi
+        i
+        for i in visible
+        for lo, hi in zip(plan.gap_los, plan.gap_his, strict=True)
+        if lo <= i <= hi
     }
     after = {i for i in visible if i > plan.after_id}
     read = in_gaps | after

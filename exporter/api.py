@@ -1,0 +1,251 @@
+"""HTTP handlers: parse the request, call one function, shape the response.
+
+The fleet read API (``/engines``, ``/status``, ``/metrics``), the scrape endpoint, and the
+small unauthenticated endpoints (``/healthz``, ``/readyz``, ``/``, ``/openapi.json``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import re
+import time
+from datetime import UTC, datetime
+from email.utils import format_datetime
+
+from aiohttp import web
+
+from exporter.config import Settings
+from exporter.db import Database, DatabaseUnavailable
+from exporter.domain import ENGINE_STATES, FleetSnapshot, Product, metrics_view, status_view
+from exporter.errors import ApiError, invalid_parameter, invalid_platform_key
+from exporter.exposition import (
+    OPENMETRICS_CONTENT_TYPE,
+    TEXT_CONTENT_TYPE,
+    wants_gzip,
+    wants_openmetrics,
+)
+from exporter.openapi import openapi_document
+from exporter.queries import EngineRecord, fetch_engines_page
+from exporter.refresher import Refresher
+
+SETTINGS = web.AppKey("settings", Settings)
+DATABASE = web.AppKey("database", Database)
+REFRESHER = web.AppKey("refresher", Refresher)
+
+PLATFORM_KEY_HEADER = "X-Platform-Key"
+MAX_PLATFORM_KEY_LENGTH = 512
+LIMIT_RANGE = (1, 1000)
+MAX_OFFSET = 2**31 - 1
+_DIGITS = re.compile(r"[0-9]{1,10}")
+
+
+def _iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _authenticate(request: web.Request) -> Product:
+    """Hash the platform key and find its product among the keys the refresher loaded.
+
+    Unknown keys never reach the database: the key index comes from the last refresh.
+    """
+    key = request.headers.get(PLATFORM_KEY_HEADER, "")
+    if not key or len(key) > MAX_PLATFORM_KEY_LENGTH:
+        raise invalid_platform_key()
+    digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
+    refresher = request.app[REFRESHER]
+    products = refresher.published.products_by_key_hash
+    if not products and refresher.published.last_success_unix is None:
+        raise ApiError(
+            503,
+            "FLEET_DATA_UNAVAILABLE",
+            "Platform keys are not loaded yet: the first refresh has not succeeded.",
+        )
+    product = products.get(digest)
+    if product is None or not hmac.compare_digest(product.api_key_hash.lower(), digest):
+        raise invalid_platform_key()
+    return product
+
+
+def _single_param(request: web.Request, name: str) -> str | None:
+    values = request.query.getall(name, [])
+    if len(values) > 1:
+        raise invalid_parameter(name, "given once")
+    return values[0] if values else None
+
+
+def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = _single_param(request, name)
+    if raw is None:
+        return default
+    if not _DIGITS.fullmatch(raw) or not low <= int(raw) <= high:
+        raise invalid_parameter(name, f"an integer from {low} to {high}")
+    return int(raw)
+
+
+def _engine_json(engine: EngineRecord) -> dict[str, object]:
+    return {
+        "engine_id": engine.engine_id,
+        "user_id": engine.user_id,
+        "status": engine.status,
+        "url": engine.url,
+        "engine_version": engine.engine_version,
+        "created_at": _iso(engine.created_at),
+        "last_health_at": _iso(engine.last_health_at),
+    }
+
+
+async def list_engines(request: web.Request) -> web.Response:
+    product = _authenticate(request)
+    status = _single_param(request, "status")
+    if status is not None and status not in ENGINE_STATES:
+        raise invalid_parameter("status", "one of " + ", ".join(ENGINE_STATES))
+    limit = _int_param(request, "limit", 100, *LIMIT_RANGE)
+    offset = _int_param(request, "offset", 0, 0, MAX_OFFSET)
+    try:
+        async with request.app[DATABASE].read_transaction() as tx:
+            page = await fetch_engines_page(tx, product.product_id, status, limit, offset)
+    except DatabaseUnavailable as error:
+        raise ApiError(
+            503, "DATABASE_UNAVAILABLE", "The fleet database is not answering; try again shortly."
+        ) from error
+    return web.json_response(
+        {"engines": [_engine_json(engine) for engine in page.engines], "total": page.total}
+    )
+
+
+def _fresh_snapshot(request: web.Request) -> FleetSnapshot:
+    refresher = request.app[REFRESHER]
+    published = refresher.published
+    if published.snapshot is None:
+        raise ApiError(
+            503,
+            "FLEET_DATA_UNAVAILABLE",
+            "Fleet data is not available yet: no refresh has succeeded.",
+        )
+    if refresher.is_stale():
+        raise ApiError(
+            503,
+            "FLEET_DATA_STALE",
+            "Fleet data is stale: the database has not been read successfully for too long.",
+        )
+    return published.snapshot
+
+
+def _snapshot_response(request: web.Request, body: dict[str, object]) -> web.Response:
+    refresher = request.app[REFRESHER]
+    published = refresher.published
+    assert published.snapshot is not None
+    max_age = max(0, math.ceil(published.next_refresh_unix - time.time()))
+    return web.json_response(
+        body,
+        headers={
+            "Last-Modified": format_datetime(
+                published.snapshot.taken_at.astimezone(UTC), usegmt=True
+            ),
+            "Cache-Control": f"max-age={max_age}",
+        },
+    )
+
+
+async def fleet_status(request: web.Request) -> web.Response:
+    product = _authenticate(request)
+    snapshot = _fresh_snapshot(request)
+    fleet = snapshot.fleet(product.product_id)
+    if fleet is None:
+        raise ApiError(
+            503, "FLEET_DATA_UNAVAILABLE", "This product is not in the current snapshot yet."
+        )
+    critical = request.app[SETTINGS].health.critical_failed_ratio
+    return _snapshot_response(request, status_view(fleet, critical))
+
+
+async def fleet_metrics(request: web.Request) -> web.Response:
+    product = _authenticate(request)
+    snapshot = _fresh_snapshot(request)
+    fleet = snapshot.fleet(product.product_id)
+    if fleet is None:
+        raise ApiError(
+            503, "FLEET_DATA_UNAVAILABLE", "This product is not in the current snapshot yet."
+        )
+    categories = request.app[REFRESHER].categories
+    return _snapshot_response(request, metrics_view(fleet, categories))
+
+
+async def prometheus(request: web.Request) -> web.Response:
+    token = request.app[SETTINGS].prometheus.bearer_token
+    if token is not None:
+        supplied = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(supplied.encode(), f"Bearer {token}".encode()):
+            raise ApiError(
+                401,
+                "UNAUTHORIZED",
+                "A valid bearer token is required for this endpoint.",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+    refresher = request.app[REFRESHER]
+    openmetrics = wants_openmetrics(request.headers.get("Accept", ""))
+    body = refresher.published.exposition.body(
+        openmetrics=openmetrics, include_fleet=not refresher.is_stale()
+    )
+    headers = {
+        "Content-Type": OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE,
+        "Vary": "Accept, Accept-Encoding",
+    }
+    if wants_gzip(request.headers.get("Accept-Encoding", "")):
+        headers["Content-Encoding"] = "gzip"
+        return web.Response(body=body.gzipped, headers=headers)
+    return web.Response(body=body.plain, headers=headers)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    refresher = request.app[REFRESHER]
+    if refresher.published.last_success_unix is None:
+        raise ApiError(503, "FLEET_DATA_UNAVAILABLE", "Not ready: no refresh has succeeded yet.")
+    if refresher.is_stale():
+        raise ApiError(503, "FLEET_DATA_STALE", "Not ready: fleet data is stale.")
+    return web.json_response({"status": "ready"})
+
+
+_LANDING = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>engine-fleet-exporter</title></head>
+<body>
+<h1>engine-fleet-exporter</h1>
+<p>Fleet read API and Prometheus metrics for the engine orchestrator.</p>
+<ul>
+<li><a href="{prometheus}">{prometheus}</a> &mdash; Prometheus scrape endpoint</li>
+<li><a href="/engines">/engines</a>, <a href="/status">/status</a>, <a href="/metrics">/metrics</a>
+ &mdash; fleet read API (header <code>X-Platform-Key</code>)</li>
+<li><a href="/openapi.json">/openapi.json</a> &mdash; OpenAPI description</li>
+<li><a href="/healthz">/healthz</a>, <a href="/readyz">/readyz</a>
+ &mdash; liveness and readiness</li>
+</ul>
+</body></html>
+"""
+
+
+async def landing(request: web.Request) -> web.Response:
+    path = request.app[SETTINGS].prometheus.path
+    return web.Response(text=_LANDING.format(prometheus=path), content_type="text/html")
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document(request.app[SETTINGS].prometheus.path))
+
+
+def add_routes(app: web.Application, prometheus_path: str) -> None:
+    app.router.add_get("/engines", list_engines)
+    app.router.add_get("/status", fleet_status)
+    app.router.add_get("/metrics", fleet_metrics)
+    app.router.add_get(prometheus_path, prometheus)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/", landing)
+    app.router.add_get("/openapi.json", openapi)

@@ -1,0 +1,199 @@
+"""Database access: the read-only pool and one guarded way to run a read transaction.
+
+Every connection is read-only and carries server-side limits (statement, lock and idle
+transaction timeouts) plus a client-side backstop. A connection whose statement failed or
+timed out is closed, never handed back to the pool mid-query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import aiopg
+import psycopg2
+import psycopg2.errors
+
+from exporter.config import DatabaseSettings
+
+APPLICATION_NAME = "engine-fleet-exporter"
+BACKSTOP_MARGIN_S = 2.0
+"""How much longer than ``statement_timeout`` the client waits before it gives up itself."""
+
+
+class StatementCancelled(Exception):
+    """The server cancelled a statement (``statement_timeout``); the server itself is up."""
+
+
+class DatabaseUnavailable(Exception):
+    """The database could not be reached, or a statement failed or timed out."""
+
+    def __init__(self, message: str, *, connection_lost: bool) -> None:
+        super().__init__(message)
+        self.connection_lost = connection_lost
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """A named, parameterised SQL statement (psycopg2 ``%(name)s`` parameters)."""
+
+    name: str
+    sql: str
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def session_options(settings: DatabaseSettings) -> str:
+    """Server settings every exporter connection starts with."""
+    timeout_ms = _ms(settings.statement_timeout_s)
+    return " ".join(
+        (
+            "-c default_transaction_read_only=on",
+            f"-c statement_timeout={timeout_ms}",
+            f"-c lock_timeout={max(1, timeout_ms // 2)}",
+            f"-c idle_in_transaction_session_timeout={timeout_ms * 2}",
+            "-c timezone=UTC",
+        )
+    )
+
+
+async def _execute(cursor: Any, sql: str, params: Mapping[str, object], timeout_s: float) -> None:
+    """Run one statement; a server-side cancellation comes out as ``StatementCancelled``.
+
+    aiopg turns the server's "canceling statement due to statement timeout" into
+    ``asyncio.CancelledError``; only a cancellation of our own task may propagate as such.
+    """
+    try:
+        await cursor.execute(sql, params, timeout=timeout_s)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        raise StatementCancelled("statement cancelled by the server (statement_timeout)") from None
+
+
+class Transaction:
+    """Statements run inside one read-only REPEATABLE READ transaction: one snapshot."""
+
+    def __init__(self, cursor: Any, timeout_s: float) -> None:
+        self._cursor = cursor
+        self._timeout_s = timeout_s
+
+    async def fetch_all(
+        self, statement: Statement, params: Mapping[str, object] | None = None
+    ) -> Sequence[tuple[Any, ...]]:
+        await _execute(self._cursor, statement.sql, params or {}, self._timeout_s)
+        rows: Sequence[tuple[Any, ...]] = await self._cursor.fetchall()
+        return rows
+
+    async def allow_statement_time(self, seconds: float) -> None:
+        """Raise this transaction's statement timeout (and the client backstop) for a long read."""
+        await _execute(
+            self._cursor,
+            "SELECT set_config('statement_timeout', %(ms)s, true)",
+            {"ms": str(_ms(seconds))},
+            self._timeout_s,
+        )
+        self._timeout_s = seconds + BACKSTOP_MARGIN_S
+
+    async def fetch_one(
+        self, statement: Statement, params: Mapping[str, object] | None = None
+    ) -> tuple[Any, ...]:
+        rows = await self.fetch_all(statement, params)
+        return rows[0]
+
+
+class Database:
+    """The exporter's pool; connections are opened lazily so start-up never needs the database."""
+
+    def __init__(self, settings: DatabaseSettings) -> None:
+        self._settings = settings
+        self._pool: Any = None
+        self._pool_lock = asyncio.Lock()
+        self._backstop_s = settings.statement_timeout_s + BACKSTOP_MARGIN_S
+
+    async def _get_pool(self) -> Any:
+        async with self._pool_lock:
+            if self._pool is None:
+                self._pool = await aiopg.create_pool(
+                    self._settings.dsn,
+                    minsize=0,
+                    maxsize=self._settings.pool_max,
+                    timeout=self._backstop_s,
+                    enable_json=False,
+                    enable_hstore=False,
+                    enable_uuid=False,
+                    pool_recycle=300,
+                    application_name=APPLICATION_NAME,
+                    connect_timeout=max(1, round(self._settings.connect_timeout_s)),
+                    options=session_options(self._settings),
+                )
+            return self._pool
+
+    @asynccontextmanager
+    async def read_transaction(self) -> AsyncIterator[Transaction]:
+        """Acquire a connection and open one snapshot; any failure discards the connection.
+
+        Database errors and timeouts come out as ``DatabaseUnavailable``; other exceptions
+        raised by the caller's block pass through unchanged (the connection is still closed).
+        """
+        try:
+            pool = await self._get_pool()
+            connection = await asyncio.wait_for(
+                pool.acquire(), timeout=self._settings.connect_timeout_s + BACKSTOP_MARGIN_S
+            )
+        except _DATABASE_ERRORS as error:
+            raise DatabaseUnavailable(_describe(error), connection_lost=True) from error
+        healthy = False
+        try:
+            cursor = await connection.cursor(timeout=self._backstop_s)
+            try:
+                await cursor.execute(
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", timeout=self._backstop_s
+                )
+                yield Transaction(cursor, self._backstop_s)
+                await cursor.execute("COMMIT", timeout=self._backstop_s)
+                healthy = True
+            finally:
+                cursor.close()
+        except _DATABASE_ERRORS as error:
+            raise DatabaseUnavailable(
+                _describe(error), connection_lost=_is_connection_error(error)
+            ) from error
+        finally:
+            if not healthy:
+                connection.close()
+            await pool.release(connection)
+
+    async def close(self) -> None:
+        async with self._pool_lock:
+            if self._pool is not None:
+                self._pool.close()
+                await self._pool.wait_closed()
+                self._pool = None
+
+
+_DATABASE_ERRORS = (psycopg2.Error, OSError, TimeoutError, StatementCancelled)
+
+
+def _is_connection_error(error: BaseException) -> bool:
+    """False for a statement the server cancelled (timeouts, locks): the server is up."""
+    cancelled = (
+        psycopg2.errors.QueryCanceled | psycopg2.errors.LockNotAvailable | StatementCancelled
+    )
+    if isinstance(error, cancelled):
+        return False
+    return isinstance(error, psycopg2.OperationalError | psycopg2.InterfaceError | OSError)
+
+
+def _describe(error: BaseException) -> str:
+    """A one-line description with no connection string in it."""
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__

@@ -1,0 +1,329 @@
+"""Every SQL statement the exporter runs, and the mapping of their rows to domain values.
+
+All statements are named, parameterised and read-only. The refresher runs the ``REFRESH``
+statements inside one REPEATABLE READ transaction, so one refresh sees one snapshot of the
+database; ``/engines`` runs ``ENGINES_PAGE*``; ``check`` runs the schema statements.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import resources
+
+from exporter.audit import AuditRow, DbSnapshot
+from exporter.db import Statement, Transaction
+from exporter.domain import Product
+
+SNAPSHOT = Statement(
+    "snapshot",
+    """
+    SELECT now(), clock_timestamp(),
+           pg_snapshot_xmin(pg_current_snapshot())::text::bigint,
+           pg_snapshot_xmax(pg_current_snapshot())::text::bigint
+    """,
+)
+
+PRODUCTS = Statement(
+    "products",
+    "SELECT id::text, slug, display_name, api_key_hash FROM products ORDER BY slug",
+)
+
+ENGINE_COUNTS = Statement(
+    "engine_counts",
+    """
+    SELECT product_id::text, status, count(*), min(created_at)
+    FROM engines
+    GROUP BY product_id, status
+    """,
+)
+
+AUDIT_ID_BOUNDS = Statement("audit_id_bounds", "SELECT min(id), max(id) FROM audit_log")
+
+AUDIT_TOTALS = Statement(
+    "audit_totals",
+    """
+    SELECT product_id::text, action, count(*),
+           CASE WHEN action = ANY(%(boot_actions)s) AND duration_ms IS NOT NULL
+                THEN width_bucket(duration_ms, %(thresholds_ms)s::int[]) END AS bucket,
+           coalesce(sum(duration_ms) FILTER (WHERE action = ANY(%(boot_actions)s)), 0)
+    FROM audit_log
+    WHERE product_id IS NOT NULL
+    GROUP BY 1, 2, 4
+    """,
+)
+
+AUDIT_MISSING_IDS = Statement(
+    "audit_missing_ids",
+    """
+    SELECT id + 1, next_id - 1
+    FROM (SELECT id, lead(id) OVER (ORDER BY id) AS next_id FROM audit_log) AS ordered
+    WHERE next_id > id + 1
+    """,
+)
+
+AUDIT_RECENT_BOOTS = Statement(
+    "audit_recent_boots",
+    """
+    SELECT product_id::text, id, duration_ms
+    FROM (SELECT product_id, id, duration_ms,
+                 row_number() OVER (PARTITION BY product_id ORDER BY id DESC) AS newest_first
+          FROM audit_log
+          WHERE action = ANY(%(boot_actions)s) AND duration_ms IS NOT NULL
+            AND product_id IS NOT NULL) AS boots
+    WHERE newest_first <= %(sample_size)s
+    """,
+)
+
+AUDIT_LAST_HOUR = Statement(
+    "audit_last_hour",
+    """
+    SELECT product_id::text, action, timestamp
+    FROM audit_log
+    WHERE timestamp > %(since)s AND action = ANY(%(actions)s) AND product_id IS NOT NULL
+    """,
+)
+
+AUDIT_ROWS_AFTER = Statement(
+    "audit_rows_after",
+    """
+    SELECT id, product_id::text, action, timestamp, duration_ms
+    FROM audit_log
+    WHERE id > %(after_id)s
+    ORDER BY id
+    LIMIT %(batch_size)s
+    """,
+)
+
+AUDIT_ROWS_IN_GAPS = Statement(
+    "audit_rows_in_gaps",
+    """
+    SELECT a.id, a.product_id::text, a.action, a.timestamp, a.duration_ms
+    FROM unnest(%(gap_los)s::bigint[], %(gap_his)s::bigint[]) AS gap(lo, hi)
+    JOIN audit_log AS a ON a.id BETWEEN gap.lo AND gap.hi
+    """,
+)
+
+_ENGINE_COLUMNS = (
+    "engine_id::text, user_id, status, url, engine_version, created_at, last_health_at"
+)
+
+ENGINES_PAGE = Statement(
+    "engines_page",
+    f"""
+    SELECT total.n, page.*
+    FROM (SELECT count(*) AS n FROM engines WHERE product_id = %(product_id)s) AS total
+    LEFT JOIN LATERAL (
+        SELECT {_ENGINE_COLUMNS} FROM engines
+        WHERE product_id = %(product_id)s
+        ORDER BY created_at, engine_id
+        LIMIT %(limit)s OFFSET %(offset)s) AS page ON true
+    """,
+)
+
+ENGINES_PAGE_BY_STATUS = Statement(
+    "engines_page_by_status",
+    f"""
+    SELECT total.n, page.*
+    FROM (SELECT count(*) AS n FROM engines
+          WHERE product_id = %(product_id)s AND status = %(status)s) AS total
+    LEFT JOIN LATERAL (
+        SELECT {_ENGINE_COLUMNS} FROM engines
+        WHERE product_id = %(product_id)s AND status = %(status)s
+        ORDER BY created_at, engine_id
+        LIMIT %(limit)s OFFSET %(offset)s) AS page ON true
+    """,
+)
+
+SCHEMA_COLUMNS = Statement(
+    "schema_columns",
+    """
+    SELECT table_name, column_name
+    FROM information_schema.columns
+    WHERE table_schema = current_schema() AND table_name = ANY(%(tables)s)
+    """,
+)
+
+SCHEMA_INDEXES = Statement(
+    "schema_indexes",
+    """
+    SELECT c.relname
+    FROM pg_index AS i
+    JOIN pg_class AS c ON c.oid = i.indexrelid
+    JOIN pg_namespace AS n ON n.oid = c.relnamespace
+    WHERE n.nspname = current_schema() AND c.relname = ANY(%(names)s) AND i.indisvalid
+    """,
+)
+
+SERVER_VERSION = Statement("server_version", "SELECT current_setting('server_version_num')::int")
+
+AUDIT_BATCH_SIZE = 50_000
+MIN_SERVER_VERSION = 130000
+"""pg_current_snapshot() and the xid8 functions the audit counting relies on arrived in 13."""
+
+REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "products": ("id", "slug", "display_name", "api_key_hash"),
+    "engines": (
+        "engine_id",
+        "product_id",
+        "user_id",
+        "status",
+        "url",
+        "engine_version",
+        "created_at",
+        "last_health_at",
+    ),
+    "audit_log": ("id", "timestamp", "product_id", "action", "duration_ms"),
+}
+"""The columns the exporter reads (SPEC §2), which ``check`` verifies."""
+
+
+def recommended_index_names() -> list[str]:
+    """Index names declared in ``exporter/sql/indexes.sql`` (the single source of them)."""
+    text = resources.files("exporter").joinpath("sql/indexes.sql").read_text(encoding="utf-8")
+    return re.findall(r"IF NOT EXISTS\s+(\w+)", text)
+
+
+async def fetch_snapshot(tx: Transaction) -> DbSnapshot:
+    started_at, observed_at, xmin, xmax = await tx.fetch_one(SNAPSHOT)
+    return DbSnapshot(started_at, observed_at, int(xmin), int(xmax))
+
+
+async def fetch_products(tx: Transaction) -> list[Product]:
+    return [Product(*row) for row in await tx.fetch_all(PRODUCTS)]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineCount:
+    product_id: str
+    status: str
+    count: int
+    oldest_created_at: datetime
+
+
+async def fetch_engine_counts(tx: Transaction) -> list[EngineCount]:
+    return [EngineCount(*row) for row in await tx.fetch_all(ENGINE_COUNTS)]
+
+
+async def fetch_audit_id_bounds(tx: Transaction) -> tuple[int | None, int | None]:
+    low, high = await tx.fetch_one(AUDIT_ID_BOUNDS)
+    return low, high
+
+
+@dataclass(frozen=True, slots=True)
+class AuditTotal:
+    product_id: str
+    action: str
+    rows: int
+    boot_bucket: int | None
+    boot_sum_ms: int
+
+
+async def fetch_audit_totals(
+    tx: Transaction, boot_actions: Sequence[str], thresholds_ms: Sequence[int]
+) -> list[AuditTotal]:
+    params = {"boot_actions": list(boot_actions), "thresholds_ms": list(thresholds_ms)}
+    return [
+        AuditTotal(product_id, action, int(rows), bucket, int(sum_ms))
+        for product_id, action, rows, bucket, sum_ms in await tx.fetch_all(AUDIT_TOTALS, params)
+    ]
+
+
+async def fetch_audit_missing_ids(tx: Transaction) -> list[tuple[int, int]]:
+    return [(int(lo), int(hi)) for lo, hi in await tx.fetch_all(AUDIT_MISSING_IDS)]
+
+
+async def fetch_audit_recent_boots(
+    tx: Transaction, boot_actions: Sequence[str], sample_size: int
+) -> list[tuple[str, int, int]]:
+    params = {"boot_actions": list(boot_actions), "sample_size": sample_size}
+    return [(p, int(i), int(d)) for p, i, d in await tx.fetch_all(AUDIT_RECENT_BOOTS, params)]
+
+
+async def fetch_audit_last_hour(
+    tx: Transaction, since: datetime, actions: Sequence[str]
+) -> list[tuple[str, str, datetime]]:
+    params = {"since": since, "actions": list(actions)}
+    return [(p, a, t) for p, a, t in await tx.fetch_all(AUDIT_LAST_HOUR, params)]
+
+
+def _audit_row(row: Sequence[object]) -> AuditRow:
+    audit_id, product_id, action, timestamp, duration_ms = row
+    assert isinstance(audit_id, int)
+    assert isinstance(action, str)
+    assert isinstance(timestamp, datetime)
+    return AuditRow(
+        audit_id,
+        product_id if isinstance(product_id, str) else None,
+        action,
+        timestamp,
+        duration_ms if isinstance(duration_ms, int) else None,
+    )
+
+
+async def fetch_audit_rows_after(tx: Transaction, after_id: int) -> list[AuditRow]:
+    """All rows above ``after_id`` visible in this snapshot, read in bounded batches."""
+    rows: list[AuditRow] = []
+    while True:
+        batch = await tx.fetch_all(
+            AUDIT_ROWS_AFTER, {"after_id": after_id, "batch_size": AUDIT_BATCH_SIZE}
+        )
+        rows.extend(_audit_row(row) for row in batch)
+        if len(batch) < AUDIT_BATCH_SIZE:
+            return rows
+        after_id = rows[-1].id
+
+
+async def fetch_audit_rows_in_gaps(
+    tx: Transaction, gap_los: Sequence[int], gap_his: Sequence[int]
+) -> list[AuditRow]:
+    if not gap_los:
+        return []
+    params = {"gap_los": list(gap_los), "gap_his": list(gap_his)}
+    return [_audit_row(row) for row in await tx.fetch_all(AUDIT_ROWS_IN_GAPS, params)]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineRecord:
+    engine_id: str
+    user_id: str
+    status: str
+    url: str | None
+    engine_version: str
+    created_at: datetime
+    last_health_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class EnginePage:
+    engines: list[EngineRecord]
+    total: int
+
+
+async def fetch_engines_page(
+    tx: Transaction, product_id: str, status: str | None, limit: int, offset: int
+) -> EnginePage:
+    params: dict[str, object] = {"product_id": product_id, "limit": limit, "offset": offset}
+    if status is None:
+        rows = await tx.fetch_all(ENGINES_PAGE, params)
+    else:
+        rows = await tx.fetch_all(ENGINES_PAGE_BY_STATUS, {**params, "status": status})
+    total = int(rows[0][0]) if rows else 0
+    engines = [EngineRecord(*row[1:]) for row in rows if row[1] is not None]
+    return EnginePage(engines, total)
+
+
+async def fetch_server_version(tx: Transaction) -> int:
+    (version,) = await tx.fetch_one(SERVER_VERSION)
+    return int(version)
+
+
+async def fetch_schema_columns(tx: Transaction, tables: Sequence[str]) -> set[tuple[str, str]]:
+    rows = await tx.fetch_all(SCHEMA_COLUMNS, {"tables": list(tables)})
+    return {(table, column) for table, column in rows}
+
+
+async def fetch_present_indexes(tx: Transaction, names: Sequence[str]) -> set[str]:
+    return {name for (name,) in await tx.fetch_all(SCHEMA_INDEXES, {"names": list(names)})}

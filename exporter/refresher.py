@@ -1,0 +1,324 @@
+"""The background refresher: database -> one immutable ``FleetSnapshot`` per interval.
+
+Each refresh runs in one read-only REPEATABLE READ transaction (one consistent snapshot of
+products, engines and the audit log), builds the snapshot, renders the Prometheus exposition
+for it and publishes both with a single reference swap. The first successful refresh counts
+the whole audit log; every later one reads only the rows added since (``exporter.audit``).
+Nothing downstream ever queries the database because of a scrape or a ``/status`` call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import MappingProxyType
+
+from exporter import queries
+from exporter.audit import AuditRow, AuditTally, DbSnapshot, IdGapTracker
+from exporter.catalogue import REFRESH_STAGES, ExpositionInput, RefreshStats
+from exporter.config import Settings
+from exporter.db import Database, DatabaseUnavailable, Transaction
+from exporter.domain import (
+    ROLLING_WINDOW,
+    ActionCategories,
+    EventCategory,
+    FleetSnapshot,
+    Product,
+    ProductFleet,
+)
+from exporter.exposition import RenderedExposition, render
+from exporter.logs import log_event
+
+logger = logging.getLogger("exporter.refresher")
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """What the handlers read: replaced as a whole after every refresh attempt."""
+
+    snapshot: FleetSnapshot | None
+    last_success_unix: float | None
+    next_refresh_unix: float
+    exposition: RenderedExposition
+    products_by_key_hash: Mapping[str, Product] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _AuditRead:
+    """What one refresh read from the audit log, applied only once the transaction succeeded."""
+
+    snapshot: DbSnapshot
+    rows: list[AuditRow]
+
+
+@dataclass(frozen=True, slots=True)
+class _StartupRead:
+    snapshot: DbSnapshot
+    high_water: int
+    missing: list[tuple[int, int]]
+    totals: list[queries.AuditTotal]
+    recent_boots: list[tuple[str, int, int]]
+    last_hour: list[tuple[str, str, datetime]]
+
+
+class AuditCounter:
+    """Owns the incremental audit state: the id tracker and the running tally."""
+
+    def __init__(self, settings: Settings, categories: ActionCategories) -> None:
+        self._settings = settings
+        self._categories = categories
+        self._tracker: IdGapTracker | None = None
+        self._tally = self._new_tally()
+
+    def _new_tally(self) -> AuditTally:
+        return AuditTally(
+            self._categories,
+            self._settings.metrics.boot_buckets_s,
+            self._settings.metrics.boot_sample_size,
+        )
+
+    @property
+    def started(self) -> bool:
+        return self._tracker is not None
+
+    @property
+    def tally(self) -> AuditTally:
+        return self._tally
+
+    @property
+    def tracker(self) -> IdGapTracker | None:
+        return self._tracker
+
+    async def read(self, tx: Transaction, snapshot: DbSnapshot) -> _AuditRead | _StartupRead:
+        if self._tracker is None:
+            return await self._read_everything(tx, snapshot)
+        plan = self._tracker.read_plan()
+        rows = await queries.fetch_audit_rows_in_gaps(tx, plan.gap_los, plan.gap_his)
+        rows += await queries.fetch_audit_rows_after(tx, plan.after_id)
+        return _AuditRead(snapshot, rows)
+
+    async def _read_everything(self, tx: Transaction, snapshot: DbSnapshot) -> _StartupRead:
+        await tx.allow_statement_time(self._settings.refresh.startup_timeout_s)
+        low, high = await queries.fetch_audit_id_bounds(tx)
+        missing = await queries.fetch_audit_missing_ids(tx)
+        if low is not None and low > 1:
+            missing.insert(0, (1, low - 1))
+        boot_actions = self._categories.provision
+        tracked = sorted({a for c in EventCategory for a in self._categories.actions(c)})
+        return _StartupRead(
+            snapshot=snapshot,
+            high_water=high or 0,
+            missing=missing,
+            totals=await queries.fetch_audit_totals(tx, boot_actions, self._tally.thresholds_ms),
+            recent_boots=await queries.fetch_audit_recent_boots(
+                tx, boot_actions, self._settings.metrics.boot_sample_size
+            ),
+            last_hour=await queries.fetch_audit_last_hour(
+                tx, snapshot.started_at - ROLLING_WINDOW, tracked
+            ),
+        )
+
+    def apply(self, read: _AuditRead | _StartupRead) -> None:
+        now = read.snapshot.started_at
+        if isinstance(read, _StartupRead):
+            tally = self._new_tally()
+            for total in read.totals:
+                tally.add_count(total.product_id, total.action, total.rows)
+                if total.boot_bucket is not None:
+                    tally.add_boot_bucket(
+                        total.product_id, total.boot_bucket, total.rows, total.boot_sum_ms
+                    )
+            for product_id, audit_id, duration_ms in read.recent_boots:
+                tally.add_boot_sample(product_id, audit_id, duration_ms)
+            for product_id, action, timestamp in read.last_hour:
+                tally.add_recent(product_id, action, timestamp)
+            self._tally = tally
+            self._tracker = IdGapTracker.from_initial_pass(
+                read.high_water, read.missing, read.snapshot
+            )
+        else:
+            assert self._tracker is not None
+            for row in read.rows:
+                self._tally.add_row(row, now)
+            self._tracker.advance((row.id for row in read.rows), read.snapshot)
+        self._tally.prune(now)
+
+
+class Refresher:
+    """Refreshes on an interval, one refresh at a time, and publishes the result."""
+
+    def __init__(
+        self,
+        database: Database,
+        settings: Settings,
+        *,
+        version: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._database = database
+        self._settings = settings
+        self._version = version
+        self._clock = clock
+        self._categories = ActionCategories(
+            provision=settings.actions.provision,
+            destroy=settings.actions.destroy,
+            crash=settings.actions.crash,
+            restart=settings.actions.restart,
+        )
+        self._audit = AuditCounter(settings, self._categories)
+        self._errors = dict.fromkeys(REFRESH_STAGES, 0)
+        self._lock = asyncio.Lock()
+        self._last_duration_s = 0.0
+        self._database_up = False
+        self._published = self._publish(None, None, self._products_by_key_hash({}))
+
+    @property
+    def published(self) -> Published:
+        return self._published
+
+    @property
+    def audit(self) -> AuditCounter:
+        return self._audit
+
+    @property
+    def categories(self) -> ActionCategories:
+        return self._categories
+
+    def is_stale(self, now_unix: float | None = None) -> bool:
+        """True before the first success and once the last success is too old to serve."""
+        last = self._published.last_success_unix
+        if last is None:
+            return True
+        now = self._clock() if now_unix is None else now_unix
+        return now - last > self._settings.refresh.max_staleness_s
+
+    async def run(self) -> None:
+        """Refresh forever; a slow refresh delays the next one instead of overlapping it."""
+        interval = self._settings.refresh.interval_s
+        while True:
+            started = time.monotonic()
+            await self.refresh_once()
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+
+    async def refresh_once(self) -> bool:
+        async with self._lock:
+            started = time.monotonic()
+            stage = "connect"
+            try:
+                async with self._database.read_transaction() as tx:
+                    snapshot = await queries.fetch_snapshot(tx)
+                    stage = "products"
+                    products = await queries.fetch_products(tx)
+                    stage = "engines"
+                    engine_counts = await queries.fetch_engine_counts(tx)
+                    stage = "audit"
+                    audit_read = await self._audit.read(tx, snapshot)
+            except DatabaseUnavailable as error:
+                self._last_duration_s = time.monotonic() - started
+                self._errors[stage] += 1
+                self._database_up = stage != "connect" and not error.connection_lost
+                log_event(
+                    logger,
+                    logging.WARNING,
+                    "refresh_failed",
+                    stage=stage,
+                    error=str(error),
+                    duration_s=round(self._last_duration_s, 3),
+                )
+                previous = self._published
+                self._published = self._publish(
+                    previous.snapshot, previous.last_success_unix, previous.products_by_key_hash
+                )
+                return False
+            first = not self._audit.started
+            self._audit.apply(audit_read)
+            fleet_snapshot = self._build_snapshot(snapshot, products, engine_counts)
+            self._last_duration_s = time.monotonic() - started
+            self._database_up = True
+            self._published = self._publish(
+                fleet_snapshot, self._clock(), fleet_snapshot.products_by_key_hash
+            )
+            log_event(
+                logger,
+                logging.INFO if first else logging.DEBUG,
+                "refresh_ok",
+                products=len(products),
+                full_pass=first,
+                audit_rows=len(audit_read.rows) if isinstance(audit_read, _AuditRead) else None,
+                pending_audit_ids=self._audit.tracker.pending_ids if self._audit.tracker else 0,
+                duration_s=round(self._last_duration_s, 3),
+            )
+            return True
+
+    def _build_snapshot(
+        self,
+        snapshot: DbSnapshot,
+        products: list[Product],
+        engine_counts: list[queries.EngineCount],
+    ) -> FleetSnapshot:
+        now = snapshot.started_at
+        by_product: dict[str, dict[str, int]] = {p.product_id: {} for p in products}
+        oldest_provisioning: dict[str, datetime] = {}
+        for row in engine_counts:
+            by_product.setdefault(row.product_id, {})[row.status] = row.count
+            if row.status == "provisioning":
+                oldest_provisioning[row.product_id] = row.oldest_created_at
+        fleets = {}
+        for product in products:
+            audit = self._audit.tally.product_audit(product.product_id, now)
+            oldest = oldest_provisioning.get(product.product_id)
+            fleets[product.product_id] = ProductFleet(
+                product=product,
+                engines_by_status=MappingProxyType(by_product[product.product_id]),
+                oldest_provisioning_age_s=max(0.0, (now - oldest).total_seconds())
+                if oldest is not None
+                else 0.0,
+                lifetime_by_action=audit.lifetime_by_action,
+                last_hour=audit.last_hour,
+                avg_boot_ms=audit.avg_boot_ms,
+                boot_histogram=audit.boot_histogram,
+            )
+        return FleetSnapshot(
+            taken_at=now,
+            fleets=MappingProxyType(fleets),
+            products_by_key_hash=self._products_by_key_hash({p.api_key_hash: p for p in products}),
+        )
+
+    @staticmethod
+    def _products_by_key_hash(products: dict[str, Product]) -> Mapping[str, Product]:
+        return MappingProxyType({key.lower(): product for key, product in products.items()})
+
+    def _publish(
+        self,
+        snapshot: FleetSnapshot | None,
+        last_success_unix: float | None,
+        products_by_key_hash: Mapping[str, Product],
+    ) -> Published:
+        stats = RefreshStats(
+            last_duration_s=self._last_duration_s,
+            last_success_unix=last_success_unix,
+            errors_by_stage=MappingProxyType(dict(self._errors)),
+            database_up=self._database_up,
+        )
+        exposition = render(
+            ExpositionInput(
+                snapshot=snapshot,
+                stats=stats,
+                critical_failed_ratio=self._settings.health.critical_failed_ratio,
+                refresh_interval_s=self._settings.refresh.interval_s,
+                version=self._version,
+            )
+        )
+        return Published(
+            snapshot=snapshot,
+            last_success_unix=last_success_unix,
+            next_refresh_unix=self._clock() + self._settings.refresh.interval_s,
+            exposition=exposition,
+            products_by_key_hash=products_by_key_hash,
+        )

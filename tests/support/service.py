@@ -1,0 +1,37 @@
+"""Helpers to build settings and run the service in tests."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from exporter.config import Settings, settings_from_mapping
+
+QUIET_INTERVAL_S = 3600.0
+"""A refresh interval long enough that a test drives every refresh after the first itself."""
+
+
+def make_settings(dsn: str, **sections: dict[str, Any]) -> Settings:
+    raw: dict[str, Any] = {
+        "database": {"dsn": dsn, "statement_timeout_s": 2, "connect_timeout_s": 2},
+        "listen": {"host": "127.0.0.1", "port": 0},
+        "refresh": {"interval_s": QUIET_INTERVAL_S, "max_staleness_s": QUIET_INTERVAL_S * 2},
+    }
+    for name, values in sections.items():
+        raw[name] = {**raw.get(name, {}), **values}
+    return settings_from_mapping(raw, environ={})
+
+
+async def wait_until(
+    condition: Callable[[], Awaitable[bool]], *, timeout_s: float = 10.0, what: str = "condition"
+) -> None:
+    """Poll ``condition`` until it holds; fail with ``what`` after the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if await condition():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(0.05)
