@@ -61,7 +61,7 @@ def _to_metric(family: Family, data: ExpositionInput) -> Metric:
         histogram_family = HistogramMetricFamily(family.name, documentation, labels=labels)
         for label_values, histogram in family.histograms(data):
             buckets = [
-                (floatToGoString(bound), float(count))
+                (floatToGoString(bound), float(count))  # type: ignore[no-untyped-call]
                 for bound, count in zip(
                     histogram.upper_bounds_s, histogram.cumulative_counts, strict=False
                 )
@@ -95,7 +95,8 @@ class _CatalogueCollector(Collector):
 def _render(data: ExpositionInput, *, include_fleet: bool) -> tuple[Body, Body]:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_CatalogueCollector(data, include_fleet=include_fleet))
-    return Body.of(generate_latest(registry)), Body.of(generate_openmetrics(registry))
+    openmetrics = generate_openmetrics(registry)  # type: ignore[no-untyped-call]
+    return Body.of(generate_latest(registry)), Body.of(openmetrics)
 
 
 def render(data: ExpositionInput) -> RenderedExposition:

@@ -183,7 +183,7 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
 def recommended_index_names() -> list[str]:
     """Index names declared in ``exporter/sql/indexes.sql`` (the single source of them)."""
     text = resources.files("exporter").joinpath("sql/indexes.sql").read_text(encoding="utf-8")
-    return re.findall(r"IF NOT EXISTS\s+(\w+)", text)
+    return re.findall(r"CREATE INDEX CONCURRENTLY IF NOT EXISTS\s+(\w+)", text)
 
 
 async def fetch_snapshot(tx: Transaction) -> DbSnapshot:

@@ -1,0 +1,172 @@
+"""The command line as an operator runs it: real processes, real PostgreSQL."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+
+from tests.support.db import execute, insert_product
+from tests.support.service import free_port
+
+KEY = "pk-sept-acme-" + "a" * 40
+
+
+def _config(tmp_path: Path, dsn: str, port: int = 0, **extra: str) -> Path:
+    path = tmp_path / "exporter.yaml"
+    lines = [
+        "database:",
+        f"  dsn: {json.dumps(dsn)}",
+        "  statement_timeout_s: 5",
+        "listen:",
+        "  host: 127.0.0.1",
+        f"  port: {port}",
+        "refresh:",
+        "  interval_s: 0.5",
+        "  max_staleness_s: 30",
+        *extra.values(),
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={k: v for k, v in os.environ.items() if k != "FLEET_EXPORTER_DSN"},
+    )
+
+
+def test_check_passes_on_a_complete_database(fleet_db: Any, tmp_path: Path) -> None:
+    result = _cli("check", "--config", str(_config(tmp_path, fleet_db.dsn)))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "all checks passed" in result.stdout
+    assert "FAIL" not in result.stdout
+
+
+def test_check_reports_a_missing_recommended_index(fleet_db: Any, tmp_path: Path) -> None:
+    execute(fleet_db.dsn, "DROP INDEX engine_fleet_engines_product_created")
+    result = _cli("check", "--config", str(_config(tmp_path, fleet_db.dsn)))
+    assert result.returncode == 1
+    assert "FAIL index: engine_fleet_engines_product_created MISSING" in result.stdout
+
+
+def test_check_reports_a_missing_column(fleet_db: Any, tmp_path: Path) -> None:
+    execute(fleet_db.dsn, "ALTER TABLE engines DROP COLUMN last_health_at")
+    result = _cli("check", "--config", str(_config(tmp_path, fleet_db.dsn)))
+    assert result.returncode == 1
+    assert "FAIL schema: engines lacks column(s) last_health_at" in result.stdout
+
+
+def test_check_reports_an_unreachable_database_without_its_password(tmp_path: Path) -> None:
+    dsn = f"postgresql://exporter:hunter2@127.0.0.1:{free_port()}/orchestrator"
+    result = _cli("check", "--config", str(_config(tmp_path, dsn)))
+    assert result.returncode == 1
+    assert "FAIL database: not reachable" in result.stdout
+    assert "hunter2" not in result.stdout + result.stderr
+
+
+def test_a_bad_config_is_one_line_naming_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("database:\n  dsn: postgresql://x:hunter2@h/db\nrefresh:\n  interval_s: -1\n")
+    for command in ("serve", "check"):
+        result = _cli(command, "--config", str(path))
+        assert result.returncode == 2
+        assert result.stderr.count("\n") == 1
+        assert "refresh.interval_s" in result.stderr
+        assert "hunter2" not in result.stderr
+
+
+def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=20) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+    except OSError:
+        return 0, b""
+
+
+def _wait_ready(base: str, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 30
+    while _get(f"{base}/readyz")[0] != 200:
+        assert process.poll() is None, "service exited before it became ready"
+        assert time.monotonic() < deadline, "service did not become ready"
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def _serving(config: Path, port: int) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
+    """Run ``serve``; on exit make sure it is gone and hand back its log lines."""
+    logs: list[str] = []
+    with subprocess.Popen(
+        [sys.executable, "-m", "exporter", "serve", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        try:
+            _wait_ready(f"http://127.0.0.1:{port}", process)
+            yield process, logs
+        finally:
+            if process.poll() is None:
+                process.kill()
+            _, stderr = process.communicate(timeout=10)
+            logs.extend(stderr.splitlines())
+
+
+def test_serve_finishes_in_flight_requests_and_exits_cleanly_on_sigterm(
+    fleet_db: Any, tmp_path: Path
+) -> None:
+    insert_product(fleet_db.dsn, slug="acme", api_key=KEY)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with _serving(_config(tmp_path, fleet_db.dsn, port), port) as (process, logs):
+        locker = psycopg2.connect(fleet_db.dsn)
+        with locker.cursor() as cursor:
+            cursor.execute("LOCK TABLE engines IN ACCESS EXCLUSIVE MODE")
+        answers: list[int] = []
+        in_flight = threading.Thread(
+            target=lambda: answers.append(_get(f"{base}/engines", {"X-Platform-Key": KEY})[0])
+        )
+        in_flight.start()
+        time.sleep(0.3)
+        stopped_at = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        locker.rollback()
+        locker.close()
+        in_flight.join(timeout=10)
+        assert process.wait(timeout=10) == 0
+        assert time.monotonic() - stopped_at < 5
+        assert answers == [200]
+    assert logs
+    assert not any(KEY in line for line in logs)
+
+
+def test_serve_logs_one_json_object_per_line(fleet_db: Any, tmp_path: Path) -> None:
+    port = free_port()
+    config = _config(tmp_path, fleet_db.dsn, port, log="log:\n  format: json")
+    with _serving(config, port) as (process, logs):
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+    events = [json.loads(line)["event"] for line in logs]
+    assert "starting" in events
+    assert "refresh_ok" in events
