@@ -53,7 +53,8 @@ def fleet(fleet_db: Any) -> dict[str, Any]:
         insert_engine(dsn, product_id=acme, user_id=f"u{i}", status=status)
     execute(
         dsn,
-        "UPDATE engines SET created_at = now() - interval '300 seconds' WHERE status = 'provisioning'",
+        "UPDATE engines SET created_at = now() - interval '300 seconds'"
+        " WHERE status = 'provisioning'",
     )
     actions = ["provision"] * 4 + ["destroy", "health_failed", "reticulate", "boot"]
     durations = [500, 1000, 2500, 200_000]

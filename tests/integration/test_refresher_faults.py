@@ -66,7 +66,8 @@ def _writer(dsn: str, product_ids: list[str], seed: int, transactions: int) -> N
             with connection.cursor() as cursor:
                 for _ in range(rng.randint(1, 4)):
                     cursor.execute(
-                        "INSERT INTO audit_log (product_id, action, duration_ms) VALUES (%s, %s, %s)",
+                        "INSERT INTO audit_log (product_id, action, duration_ms)"
+                        " VALUES (%s, %s, %s)",
                         (
                             rng.choice(product_ids),
                             rng.choice(["provision", "destroy", "health_failed", "wake"]),
@@ -173,7 +174,8 @@ async def test_database_stopped_mid_run_serves_last_data_until_stale_then_recove
     private_pg.server.start()
     execute(
         dsn,
-        "INSERT INTO audit_log (product_id, action) SELECT %(p)s, 'destroy' FROM generate_series(1, 7)",
+        "INSERT INTO audit_log (product_id, action)"
+        " SELECT %(p)s, 'destroy' FROM generate_series(1, 7)",
         {"p": product},
     )
     await wait_until(lambda: _status_is(client, "/status", 200), timeout_s=15, what="recovery")

@@ -127,9 +127,12 @@ class _MvccModel:
     def step(self) -> None:
         elapsed = timedelta(seconds=self.rng.choice([0, 0, 1, 5, 20]))
         for txn in self.running():
-            if txn.xid is None and txn.allocated_at is not None:
-                if self.now + elapsed >= txn.allocated_at + ID_ALLOCATION_GRACE:
-                    self.assign_xid(txn)
+            overdue = (
+                txn.allocated_at is not None
+                and self.now + elapsed >= txn.allocated_at + ID_ALLOCATION_GRACE
+            )
+            if txn.xid is None and overdue:
+                self.assign_xid(txn)
         self.now += elapsed
         action = self.rng.random()
         running = self.running()
