@@ -1,0 +1,95 @@
+"""Shared fixtures: a real PostgreSQL for the whole session, a fresh database per test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import psycopg2
+import pytest
+from psycopg2 import sql
+
+from exporter.pgcluster import EmbeddedPostgres, PostgresNotFound, apply_schema
+
+
+def _unavailable(reason: str) -> None:
+    """Under CI a missing tool is a failure; locally it skips with what to install."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@dataclass(frozen=True)
+class PgServer:
+    base_dsn: str
+
+    def admin_dsn(self, dbname: str = "postgres") -> str:
+        return f"{self.base_dsn} dbname={dbname}"
+
+
+@dataclass(frozen=True)
+class FleetDatabase:
+    name: str
+    dsn: str
+
+
+@dataclass(frozen=True)
+class PrivatePostgres:
+    server: EmbeddedPostgres
+    dsn: str
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    existing = os.environ.get("FLEET_TEST_DSN")
+    if existing:
+        parts = [p for p in existing.split() if not p.startswith("dbname=")]
+        yield PgServer(" ".join(parts))
+        return
+    try:
+        server = EmbeddedPostgres()
+    except PostgresNotFound as error:
+        _unavailable(str(error))
+    with server:
+        yield PgServer(f"host={server.host} port={server.port} user={server.user}")
+
+
+def _admin(dsn: str, statement: sql.Composable) -> None:
+    connection = psycopg2.connect(dsn)
+    try:
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            cursor.execute(statement)
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def fleet_db(pg_server: PgServer) -> Iterator[FleetDatabase]:
+    name = f"fleet_{uuid.uuid4().hex[:12]}"
+    admin = pg_server.admin_dsn()
+    _admin(admin, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    dsn = pg_server.admin_dsn(name)
+    apply_schema(dsn)
+    yield FleetDatabase(name, dsn)
+    _admin(
+        admin,
+        sql.SQL("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = {}").format(
+            sql.Literal(name)
+        ),
+    )
+    _admin(admin, sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def private_pg() -> Iterator[PrivatePostgres]:
+    try:
+        server = EmbeddedPostgres(durable=True)
+    except PostgresNotFound as error:
+        _unavailable(str(error))
+    with server:
+        dsn = server.create_database("orchestrator")
+        apply_schema(dsn)
+        yield PrivatePostgres(server, dsn)

@@ -1,0 +1,155 @@
+"""Synchronous database helpers for tests: run SQL and insert orchestrator rows."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+import psycopg2
+from psycopg2.extras import Json, execute_values
+
+Params = Mapping[str, object] | tuple[object, ...] | None
+
+
+def execute(dsn: str, sql: str, params: Params = None) -> None:
+    connection = psycopg2.connect(dsn)
+    try:
+        with connection, connection.cursor() as cursor:
+            cursor.execute(sql, params)
+    finally:
+        connection.close()
+
+
+def fetch_all(dsn: str, sql: str, params: Params = None) -> list[tuple[Any, ...]]:
+    connection = psycopg2.connect(dsn)
+    try:
+        with connection, connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return list(cursor.fetchall())
+    finally:
+        connection.close()
+
+
+def fetch_value(dsn: str, sql: str, params: Params = None) -> Any:
+    return fetch_all(dsn, sql, params)[0][0]
+
+
+def key_hash(api_key: str) -> str:
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+def insert_product(
+    dsn: str,
+    *,
+    slug: str,
+    api_key: str,
+    display_name: str | None = None,
+    product_id: str | None = None,
+) -> str:
+    product_id = product_id or str(uuid.uuid4())
+    execute(
+        dsn,
+        "INSERT INTO products (id, slug, display_name, api_key_hash, policy)"
+        " VALUES (%(id)s, %(slug)s, %(name)s, %(hash)s, %(policy)s)",
+        {
+            "id": product_id,
+            "slug": slug,
+            "name": display_name or slug.title(),
+            "hash": key_hash(api_key),
+            "policy": Json({"max_engines": 1000, "rate_limit_rpm": 600}),
+        },
+    )
+    return product_id
+
+
+def insert_engine(
+    dsn: str,
+    *,
+    product_id: str,
+    user_id: str,
+    status: str,
+    created_at: datetime | None = None,
+    engine_version: str = "september-engine:2.3.0",
+    url: str | None = None,
+    last_health_at: datetime | None = None,
+    engine_id: str | None = None,
+) -> str:
+    engine_id = engine_id or str(uuid.uuid4())
+    execute(
+        dsn,
+        "INSERT INTO engines (engine_id, product_id, user_id, status, url, engine_version,"
+        " engine_key_hash, engine_key_enc, created_at, last_health_at)"
+        " VALUES (%(engine_id)s, %(product_id)s, %(user_id)s, %(status)s, %(url)s, %(version)s,"
+        " 'secret-hash', 'secret-enc', coalesce(%(created_at)s, now()), %(last_health_at)s)",
+        {
+            "engine_id": engine_id,
+            "product_id": product_id,
+            "user_id": user_id,
+            "status": status,
+            "url": url,
+            "version": engine_version,
+            "created_at": created_at,
+            "last_health_at": last_health_at,
+        },
+    )
+    return engine_id
+
+
+def insert_audit(
+    dsn: str,
+    *,
+    product_id: str | None,
+    action: str,
+    timestamp: datetime | None = None,
+    duration_ms: int | None = None,
+    user_id: str | None = None,
+    engine_id: str | None = None,
+    actor: str = "system",
+) -> int:
+    audit_id: int = fetch_value(
+        dsn,
+        "INSERT INTO audit_log (timestamp, product_id, user_id, engine_id, action, actor,"
+        " duration_ms) VALUES (coalesce(%(ts)s, now()), %(product_id)s, %(user_id)s,"
+        " %(engine_id)s, %(action)s, %(actor)s, %(duration_ms)s) RETURNING id",
+        {
+            "ts": timestamp,
+            "product_id": product_id,
+            "user_id": user_id,
+            "engine_id": engine_id,
+            "action": action,
+            "actor": actor,
+            "duration_ms": duration_ms,
+        },
+    )
+    return audit_id
+
+
+def insert_audit_many(dsn: str, rows: Iterable[Mapping[str, object]]) -> None:
+    values = [
+        (
+            row.get("timestamp"),
+            row.get("product_id"),
+            row.get("user_id"),
+            row.get("engine_id"),
+            row["action"],
+            row.get("actor", "system"),
+            row.get("duration_ms"),
+        )
+        for row in rows
+    ]
+    connection = psycopg2.connect(dsn)
+    try:
+        with connection, connection.cursor() as cursor:
+            execute_values(
+                cursor,
+                "INSERT INTO audit_log (timestamp, product_id, user_id, engine_id, action, actor,"
+                " duration_ms) SELECT coalesce(v.ts::timestamptz, now()), v.p::uuid, v.u,"
+                " v.e::uuid, v.a, v.actor, v.d::int"
+                " FROM (VALUES %s) AS v(ts, p, u, e, a, actor, d)",
+                values,
+            )
+    finally:
+        connection.close()
