@@ -6,11 +6,13 @@ small unauthenticated endpoints (``/healthz``, ``/readyz``, ``/``, ``/openapi.js
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import math
 import re
 import time
+import uuid
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
@@ -27,7 +29,7 @@ from exporter.exposition import (
     wants_openmetrics,
 )
 from exporter.openapi import openapi_document
-from exporter.queries import EngineRecord, fetch_engines_page
+from exporter.queries import EnginePosition, EngineRecord, fetch_engines_page
 from exporter.refresher import Refresher
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -98,6 +100,35 @@ def _engine_json(engine: EngineRecord) -> dict[str, object]:
     }
 
 
+def encode_cursor(position: EnginePosition) -> str:
+    raw = f"{position.created_at.astimezone(UTC).isoformat()}|{position.engine_id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> EnginePosition:
+    """The position a ``next`` link carries; ValueError for anything that is not one."""
+    if len(cursor) > 200:
+        raise ValueError("cursor too long")
+    raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    created_at, engine_id = raw.split("|")
+    moment = datetime.fromisoformat(created_at)
+    if moment.tzinfo is None:
+        raise ValueError("cursor time without zone")
+    return EnginePosition(moment, str(uuid.UUID(engine_id)))
+
+
+def _after_param(request: web.Request) -> EnginePosition | None:
+    cursor = _single_param(request, "after")
+    if cursor is None:
+        return None
+    if "offset" in request.query:
+        raise invalid_parameter("after", "used without 'offset'")
+    try:
+        return decode_cursor(cursor)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise invalid_parameter("after", 'a cursor from a Link: rel="next" header') from error
+
+
 async def list_engines(request: web.Request) -> web.Response:
     product = _authenticate(request)
     status = _single_param(request, "status")
@@ -105,15 +136,27 @@ async def list_engines(request: web.Request) -> web.Response:
         raise invalid_parameter("status", "one of " + ", ".join(ENGINE_STATES))
     limit = _int_param(request, "limit", 100, *LIMIT_RANGE)
     offset = _int_param(request, "offset", 0, 0, MAX_OFFSET)
+    after = _after_param(request)
     try:
         async with request.app[DATABASE].read_transaction() as tx:
-            page = await fetch_engines_page(tx, product.product_id, status, limit, offset)
+            page = await fetch_engines_page(tx, product.product_id, status, limit, offset, after)
     except DatabaseUnavailable as error:
         raise ApiError(
             503, "DATABASE_UNAVAILABLE", "The fleet database is not answering; try again shortly."
         ) from error
+    headers = {}
+    if len(page.engines) == limit:
+        last = page.engines[-1]
+        query = {
+            "limit": str(limit),
+            "after": encode_cursor(EnginePosition(last.created_at, last.engine_id)),
+        }
+        if status is not None:
+            query = {"status": status, **query}
+        headers["Link"] = f'<{request.rel_url.with_query(query)}>; rel="next"'
     return web.json_response(
-        {"engines": [_engine_json(engine) for engine in page.engines], "total": page.total}
+        {"engines": [_engine_json(engine) for engine in page.engines], "total": page.total},
+        headers=headers,
     )
 
 

@@ -177,11 +177,26 @@ def openapi_document(prometheus_path: str) -> dict[str, Any]:
                             "required": False,
                             "schema": {"type": "integer", "minimum": 0, "default": 0},
                         },
+                        {
+                            "name": "after",
+                            "in": "query",
+                            "required": False,
+                            "description": "Keyset cursor from a Link rel=next header;"
+                            " not combined with offset.",
+                            "schema": {"type": "string"},
+                        },
                     ],
                     "responses": {
-                        "200": _json(
-                            "EngineList", "One page, ordered by created_at then engine_id."
-                        ),
+                        "200": {
+                            **_json("EngineList", "One page, ordered by created_at, engine_id."),
+                            "headers": {
+                                "Link": {
+                                    "description": "rel=next link to the following page"
+                                    " (keyset cursor) when this page is full.",
+                                    "schema": {"type": "string"},
+                                }
+                            },
+                        },
                         **_error_responses(400, 401, 503),
                     },
                 }

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from importlib import resources
 
 from exporter.audit import AuditRow, DbSnapshot
@@ -118,6 +118,7 @@ ENGINES_PAGE = Statement(
     LEFT JOIN LATERAL (
         SELECT {_ENGINE_COLUMNS} FROM engines
         WHERE product_id = %(product_id)s
+          AND (created_at, engine_id) > (%(after_created_at)s, %(after_engine_id)s::uuid)
         ORDER BY created_at, engine_id
         LIMIT %(limit)s OFFSET %(offset)s) AS page ON true
     """,
@@ -132,6 +133,7 @@ ENGINES_PAGE_BY_STATUS = Statement(
     LEFT JOIN LATERAL (
         SELECT {_ENGINE_COLUMNS} FROM engines
         WHERE product_id = %(product_id)s AND status = %(status)s
+          AND (created_at, engine_id) > (%(after_created_at)s, %(after_engine_id)s::uuid)
         ORDER BY created_at, engine_id
         LIMIT %(limit)s OFFSET %(offset)s) AS page ON true
     """,
@@ -302,10 +304,36 @@ class EnginePage:
     total: int
 
 
+@dataclass(frozen=True, slots=True)
+class EnginePosition:
+    """A place in the ``created_at, engine_id`` order: pages after it start past this engine."""
+
+    created_at: datetime
+    engine_id: str
+
+
+_BEFORE_EVERY_ENGINE = EnginePosition(
+    datetime.min.replace(tzinfo=UTC), "00000000-0000-0000-0000-000000000000"
+)
+
+
 async def fetch_engines_page(
-    tx: Transaction, product_id: str, status: str | None, limit: int, offset: int
+    tx: Transaction,
+    product_id: str,
+    status: str | None,
+    limit: int,
+    offset: int,
+    after: EnginePosition | None = None,
 ) -> EnginePage:
-    params: dict[str, object] = {"product_id": product_id, "limit": limit, "offset": offset}
+    """One page in ``created_at, engine_id`` order, by offset or after a position (keyset)."""
+    start = after or _BEFORE_EVERY_ENGINE
+    params: dict[str, object] = {
+        "product_id": product_id,
+        "limit": limit,
+        "offset": offset,
+        "after_created_at": start.created_at,
+        "after_engine_id": start.engine_id,
+    }
     if status is None:
         rows = await tx.fetch_all(ENGINES_PAGE, params)
     else:

@@ -231,6 +231,61 @@ async def test_engines_pages_through_the_fleet_without_overlap(
     assert seen == two_products["acme_engines"]
 
 
+async def test_next_links_walk_the_whole_fleet_in_order(
+    aiohttp_client: ClientFactory, two_products: dict[str, Any]
+) -> None:
+    client = await _start(aiohttp_client, two_products["dsn"])
+    seen: list[str] = []
+    url: str | None = "/engines?limit=3"
+    pages = 0
+    while url is not None:
+        response = await client.get(url, headers={"X-Platform-Key": ACME_KEY})
+        assert response.status == 200
+        body = await response.json()
+        assert body["total"] == 11
+        seen += [e["engine_id"] for e in body["engines"]]
+        link = response.headers.get("Link")
+        url = link[1 : link.index(">")] if link else None
+        pages += 1
+    assert seen == two_products["acme_engines"]
+    assert pages == 4
+
+
+async def test_next_links_keep_the_status_filter(
+    aiohttp_client: ClientFactory, two_products: dict[str, Any]
+) -> None:
+    client = await _start(aiohttp_client, two_products["dsn"])
+    headers = {"X-Platform-Key": ACME_KEY}
+    first = await client.get("/engines?status=running&limit=5", headers=headers)
+    link = first.headers["Link"]
+    assert "status=running" in link
+    second = await client.get(link[1 : link.index(">")], headers=headers)
+    statuses = [e["status"] for e in (await second.json())["engines"]]
+    assert statuses == ["running", "running"]
+    assert "Link" not in second.headers
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "after=garbage",
+        "after=",
+        "after=" + "A" * 300,
+        "after=MjAyNnxub3QtYS11dWlk",
+        "offset=0&after=x",
+    ],
+)
+async def test_bad_cursors_are_refused(
+    aiohttp_client: ClientFactory, two_products: dict[str, Any], query: str
+) -> None:
+    client = await _start(aiohttp_client, two_products["dsn"])
+    response = await client.get(f"/engines?{query}", headers={"X-Platform-Key": ACME_KEY})
+    assert response.status == 400
+    body = await response.json()
+    assert body["error"]["code"] == "INVALID_PARAMETER"
+    assert "'after'" in body["error"]["message"]
+
+
 async def test_engines_filters_by_status_and_counts_the_filtered_total(
     aiohttp_client: ClientFactory, two_products: dict[str, Any]
 ) -> None:
