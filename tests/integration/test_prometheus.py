@@ -19,12 +19,11 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 from exporter import __version__
 from exporter.api import REFRESHER
 from exporter.app import create_app
-from exporter.catalogue import FAMILIES, markdown_table
+from exporter.catalogue import FAMILIES
 from exporter.domain import DOCUMENTED_ACTIONS, ENGINE_STATES
 from tests.support.db import execute, insert_audit, insert_engine, insert_product
 from tests.support.service import make_settings
 
-ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_ACCEPT = (
     "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
     "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
@@ -213,8 +212,3 @@ async def test_promtool_lints_the_real_text_exposition_clean(
         subprocess.run, [promtool, "check", "metrics"], input=body, capture_output=True, check=False
     )
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
-
-
-def test_readme_metric_table_is_the_catalogue() -> None:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert markdown_table() in readme
