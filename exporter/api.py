@@ -20,7 +20,13 @@ from aiohttp import web
 
 from exporter.config import Settings
 from exporter.db import Database, DatabaseUnavailable
-from exporter.domain import ENGINE_STATES, FleetSnapshot, Product, metrics_view, status_view
+from exporter.domain import (
+    ENGINE_STATES,
+    Product,
+    ProductFleet,
+    metrics_view,
+    status_view,
+)
 from exporter.errors import ApiError, invalid_parameter, invalid_platform_key
 from exporter.exposition import (
     OPENMETRICS_CONTENT_TYPE,
@@ -160,10 +166,12 @@ async def list_engines(request: web.Request) -> web.Response:
     )
 
 
-def _fresh_snapshot(request: web.Request) -> FleetSnapshot:
+def _callers_fleet(request: web.Request) -> ProductFleet:
+    """The caller's fleet from a fresh snapshot, or the 503 that says why there is none."""
+    product = _authenticate(request)
     refresher = request.app[REFRESHER]
-    published = refresher.published
-    if published.snapshot is None:
+    snapshot = refresher.published.snapshot
+    if snapshot is None:
         raise ApiError(
             503,
             "FLEET_DATA_UNAVAILABLE",
@@ -175,7 +183,12 @@ def _fresh_snapshot(request: web.Request) -> FleetSnapshot:
             "FLEET_DATA_STALE",
             "Fleet data is stale: the database has not been read successfully for too long.",
         )
-    return published.snapshot
+    fleet = snapshot.fleet(product.product_id)
+    if fleet is None:
+        raise ApiError(
+            503, "FLEET_DATA_UNAVAILABLE", "This product is not in the current snapshot yet."
+        )
+    return fleet
 
 
 def _snapshot_response(request: web.Request, body: dict[str, object]) -> web.Response:
@@ -195,27 +208,14 @@ def _snapshot_response(request: web.Request, body: dict[str, object]) -> web.Res
 
 
 async def fleet_status(request: web.Request) -> web.Response:
-    product = _authenticate(request)
-    snapshot = _fresh_snapshot(request)
-    fleet = snapshot.fleet(product.product_id)
-    if fleet is None:
-        raise ApiError(
-            503, "FLEET_DATA_UNAVAILABLE", "This product is not in the current snapshot yet."
-        )
+    fleet = _callers_fleet(request)
     critical = request.app[SETTINGS].health.critical_failed_ratio
     return _snapshot_response(request, status_view(fleet, critical))
 
 
 async def fleet_metrics(request: web.Request) -> web.Response:
-    product = _authenticate(request)
-    snapshot = _fresh_snapshot(request)
-    fleet = snapshot.fleet(product.product_id)
-    if fleet is None:
-        raise ApiError(
-            503, "FLEET_DATA_UNAVAILABLE", "This product is not in the current snapshot yet."
-        )
-    categories = request.app[REFRESHER].categories
-    return _snapshot_response(request, metrics_view(fleet, categories))
+    fleet = _callers_fleet(request)
+    return _snapshot_response(request, metrics_view(fleet, request.app[REFRESHER].categories))
 
 
 async def prometheus(request: web.Request) -> web.Response:

@@ -23,6 +23,17 @@ ENGINE_STATES: tuple[str, ...] = (
     "destroying",
 )
 
+ENGINE_LISTING_FIELDS: tuple[str, ...] = (
+    "engine_id",
+    "user_id",
+    "status",
+    "url",
+    "engine_version",
+    "created_at",
+    "last_health_at",
+)
+"""What ``GET /engines`` shows of an engine: never its key hash or encrypted key."""
+
 DOCUMENTED_ACTIONS: tuple[str, ...] = (
     "provision",
     "start",

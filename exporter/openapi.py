@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from exporter import __version__
-from exporter.domain import ENGINE_STATES
+from exporter.domain import ENGINE_LISTING_FIELDS, ENGINE_STATES
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -80,15 +80,7 @@ def openapi_document(prometheus_path: str) -> dict[str, Any]:
                 "Engine": {
                     "type": "object",
                     "additionalProperties": False,
-                    "required": [
-                        "engine_id",
-                        "user_id",
-                        "status",
-                        "url",
-                        "engine_version",
-                        "created_at",
-                        "last_health_at",
-                    ],
+                    "required": list(ENGINE_LISTING_FIELDS),
                     "properties": {
                         "engine_id": {"type": "string", "format": "uuid"},
                         "user_id": {"type": "string"},

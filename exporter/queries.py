@@ -15,7 +15,7 @@ from importlib import resources
 
 from exporter.audit import AuditRow, DbSnapshot
 from exporter.db import Statement, Transaction
-from exporter.domain import Product
+from exporter.domain import ENGINE_LISTING_FIELDS, Product
 
 SNAPSHOT = Statement(
     "snapshot",
@@ -167,16 +167,7 @@ MIN_SERVER_VERSION = 130000
 
 REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "products": ("id", "slug", "display_name", "api_key_hash"),
-    "engines": (
-        "engine_id",
-        "product_id",
-        "user_id",
-        "status",
-        "url",
-        "engine_version",
-        "created_at",
-        "last_health_at",
-    ),
+    "engines": ("product_id", *ENGINE_LISTING_FIELDS),
     "audit_log": ("id", "timestamp", "product_id", "action", "duration_ms"),
 }
 """The columns the exporter reads (SPEC §2), which ``check`` verifies."""

@@ -10,8 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,7 @@ from typing import Any
 import psycopg2
 
 from tests.support.db import execute, insert_product
-from tests.support.service import free_port
+from tests.support.service import free_port, http_get
 
 KEY = "pk-sept-acme-" + "a" * 40
 
@@ -93,20 +91,9 @@ def test_a_bad_config_is_one_line_naming_the_key(tmp_path: Path) -> None:
         assert "hunter2" not in result.stderr
 
 
-def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=20) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
-    except OSError:
-        return 0, b""
-
-
 def _wait_ready(base: str, process: subprocess.Popen[str]) -> None:
     deadline = time.monotonic() + 30
-    while _get(f"{base}/readyz")[0] != 200:
+    while http_get(f"{base}/readyz")[0] != 200:
         assert process.poll() is None, "service exited before it became ready"
         assert time.monotonic() < deadline, "service did not become ready"
         time.sleep(0.1)
@@ -144,7 +131,7 @@ def test_serve_finishes_in_flight_requests_and_exits_cleanly_on_sigterm(
             cursor.execute("LOCK TABLE engines IN ACCESS EXCLUSIVE MODE")
         answers: list[int] = []
         in_flight = threading.Thread(
-            target=lambda: answers.append(_get(f"{base}/engines", {"X-Platform-Key": KEY})[0])
+            target=lambda: answers.append(http_get(f"{base}/engines", {"X-Platform-Key": KEY})[0])
         )
         in_flight.start()
         time.sleep(0.3)
