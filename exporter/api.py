@@ -64,15 +64,14 @@ def _authenticate(request: web.Request) -> Product:
     if not key or len(key) > MAX_PLATFORM_KEY_LENGTH:
         raise invalid_platform_key()
     digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
-    refresher = request.app[REFRESHER]
-    products = refresher.published.products_by_key_hash
-    if not products and refresher.published.last_success_unix is None:
+    snapshot = request.app[REFRESHER].published.snapshot
+    if snapshot is None:
         raise ApiError(
             503,
             "FLEET_DATA_UNAVAILABLE",
             "Platform keys are not loaded yet: the first refresh has not succeeded.",
         )
-    product = products.get(digest)
+    product = snapshot.products_by_key_hash.get(digest)
     if product is None or not hmac.compare_digest(product.api_key_hash.lower(), digest):
         raise invalid_platform_key()
     return product

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
 
@@ -44,9 +44,6 @@ class Published:
     last_success_unix: float | None
     next_refresh_unix: float
     exposition: RenderedExposition
-    products_by_key_hash: Mapping[str, Product] = field(
-        default_factory=lambda: MappingProxyType({})
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +173,7 @@ class Refresher:
         self._lock = asyncio.Lock()
         self._last_duration_s = 0.0
         self._database_up = False
-        self._published = self._publish(None, None, self._products_by_key_hash({}))
+        self._published = self._publish(None, None)
 
     @property
     def published(self) -> Published:
@@ -232,18 +229,14 @@ class Refresher:
                     duration_s=round(self._last_duration_s, 3),
                 )
                 previous = self._published
-                self._published = self._publish(
-                    previous.snapshot, previous.last_success_unix, previous.products_by_key_hash
-                )
+                self._published = self._publish(previous.snapshot, previous.last_success_unix)
                 return False
             first = not self._audit.started
             self._audit.apply(audit_read)
             fleet_snapshot = self._build_snapshot(snapshot, products, engine_counts)
             self._last_duration_s = time.monotonic() - started
             self._database_up = True
-            self._published = self._publish(
-                fleet_snapshot, self._clock(), fleet_snapshot.products_by_key_hash
-            )
+            self._published = self._publish(fleet_snapshot, self._clock())
             log_event(
                 logger,
                 logging.INFO if first else logging.DEBUG,
@@ -287,18 +280,13 @@ class Refresher:
         return FleetSnapshot(
             taken_at=now,
             fleets=MappingProxyType(fleets),
-            products_by_key_hash=self._products_by_key_hash({p.api_key_hash: p for p in products}),
+            products_by_key_hash=MappingProxyType({p.api_key_hash.lower(): p for p in products}),
         )
-
-    @staticmethod
-    def _products_by_key_hash(products: dict[str, Product]) -> Mapping[str, Product]:
-        return MappingProxyType({key.lower(): product for key, product in products.items()})
 
     def _publish(
         self,
         snapshot: FleetSnapshot | None,
         last_success_unix: float | None,
-        products_by_key_hash: Mapping[str, Product],
     ) -> Published:
         stats = RefreshStats(
             last_duration_s=self._last_duration_s,
@@ -320,5 +308,4 @@ class Refresher:
             last_success_unix=last_success_unix,
             next_refresh_unix=self._clock() + self._settings.refresh.interval_s,
             exposition=exposition,
-            products_by_key_hash=products_by_key_hash,
         )
