@@ -1,0 +1,180 @@
+"""Processes the benchmarks start and measure: the exporter, the bare baseline, the peer.
+
+Each runs as its own process on a free loopback port, logs to a file, is polled (never slept
+on) until it answers, is measured through ``/proc`` (resident memory) and is always stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+
+import yaml
+
+STOP_TIMEOUT_S = 10.0
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def http_get(
+    url: str, headers: dict[str, str] | None = None, timeout_s: float = 30.0
+) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers, raw body); status 0 when nothing answers. Bodies are not decoded."""
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+    except OSError:
+        return 0, {}, b""
+
+
+def wait_for(condition: Callable[[], bool], *, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def proc_status_kb(pid: int, field: str) -> int:
+    """A ``/proc/<pid>/status`` memory field (VmRSS, VmHWM) in kB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+class ManagedProcess:
+    """A child process with a log file; ``stop`` sends SIGTERM, then SIGKILL if it must."""
+
+    def __init__(
+        self,
+        name: str,
+        command: Sequence[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self._log = log_path.open("wb")
+        self._process = subprocess.Popen(
+            list(command),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+        self.log_path = log_path
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def alive(self) -> bool:
+        return self._process.poll() is None
+
+    def rss_mb(self) -> float:
+        return proc_status_kb(self.pid, "VmRSS") / 1024
+
+    def peak_rss_mb(self) -> float:
+        return proc_status_kb(self.pid, "VmHWM") / 1024
+
+    def log_tail(self, chars: int = 2000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def wait_http(self, url: str, *, timeout_s: float, status: int = 200) -> None:
+        def answered() -> bool:
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited:\n{self.log_tail()}")
+            return http_get(url, timeout_s=5)[0] == status
+
+        wait_for(answered, timeout_s=timeout_s, what=f"{self.name} at {url}")
+
+    def stop(self) -> int | None:
+        if self.alive():
+            self._process.send_signal(signal.SIGTERM)
+            try:
+                self._process.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._log.close()
+        return self._process.returncode
+
+    def __enter__(self) -> ManagedProcess:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def start_exporter(
+    workdir: Path,
+    dsn: str,
+    *,
+    interval_s: float = 15.0,
+    max_staleness_s: float = 120.0,
+    statement_timeout_s: float = 5.0,
+    pool_max: int = 4,
+) -> tuple[ManagedProcess, str]:
+    """``fleet-exporter serve`` on a free port, with a config written for it; (process, base)."""
+    port = free_port()
+    config = {
+        "database": {
+            "dsn": dsn,
+            "pool_max": pool_max,
+            "statement_timeout_s": statement_timeout_s,
+            "connect_timeout_s": 2,
+        },
+        "listen": {"host": "127.0.0.1", "port": port},
+        "refresh": {"interval_s": interval_s, "max_staleness_s": max_staleness_s},
+        "log": {"level": "info", "format": "text"},
+    }
+    config_path = workdir / f"exporter-{port}.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    process = ManagedProcess(
+        "fleet-exporter",
+        [sys.executable, "-m", "exporter", "serve", "--config", str(config_path)],
+        workdir / f"exporter-{port}.log",
+    )
+    return process, f"http://127.0.0.1:{port}"
+
+
+def start_bare(workdir: Path, bodies: dict[str, tuple[bytes, str]]) -> tuple[ManagedProcess, str]:
+    """The bare aiohttp baseline serving ``path -> (body, content type)``; (process, base)."""
+    port = free_port()
+    manifest: dict[str, dict[str, str]] = {}
+    for index, (path, (body, content_type)) in enumerate(bodies.items()):
+        body_path = workdir / f"bare-{port}-{index}.body"
+        body_path.write_bytes(body)
+        manifest[path] = {"file": str(body_path), "content_type": content_type}
+    manifest_path = workdir / f"bare-{port}.json"
+    manifest_path.write_text(json.dumps(manifest))
+    process = ManagedProcess(
+        "bare aiohttp",
+        [sys.executable, "-m", "bench.bare", "--port", str(port), str(manifest_path)],
+        workdir / f"bare-{port}.log",
+        env={"PYTHONPATH": str(REPO_ROOT)},
+    )
+    return process, f"http://127.0.0.1:{port}"
