@@ -301,8 +301,10 @@ def restart_progress(events: Iterable[tuple[str, str]]) -> dict[str, RestartProg
     return progress
 
 
-def _clamp(value: float, low: float, high: float) -> float:
-    return max(low, min(high, value))
+def _pull(wanted: int, actual: int) -> float:
+    """A rate factor that grows steeply as ``actual`` falls short of ``wanted`` (and the
+    reverse), so the fleet settles near its size whatever the configured rates."""
+    return max(0.1, min(10.0, (wanted / max(actual, 1)) ** 4))
 
 
 class FleetModel:
@@ -605,11 +607,11 @@ class FleetModel:
         targets = self._targets or {p.product_id: 0 for p in self._products}
         population = self._population()
         target_total, total = sum(targets.values()), sum(population.values())
-        grow = _clamp(max(target_total, 1) / max(total, 1), 0.25, 4.0)
-        shrink = _clamp(total / max(target_total, 1), 0.25, 4.0)
+        grow = _pull(max(target_total, 1), total)
+        shrink = _pull(total, max(target_total, 1))
         weights = [
             (targets[p.product_id] or 1)
-            * _clamp((targets[p.product_id] or 1) / max(population[p.product_id], 1), 0.25, 4.0)
+            * _pull(targets[p.product_id] or 1, population[p.product_id])
             for p in self._products
         ]
         for _ in range(poisson(rng, rates.provisions_per_s * dt_s * grow)):
