@@ -373,6 +373,7 @@ def soak(seconds: float) -> list[Row]:
             exported=exported,
             truth=truth,
             exit_code=exit_code,
+            label=f"{seconds:g} s soak",
         )
     return rows
 
@@ -388,6 +389,7 @@ def _verdicts(
     exported: dict[tuple[str, str], int],
     truth: dict[tuple[str, str], int],
     exit_code: int | None,
+    label: str,
 ) -> list[Row]:
     total = sum(seen.responses.values())
     by_status = Counter[str]()
@@ -406,13 +408,13 @@ def _verdicts(
     mismatch_text = ", ".join(f"{k}: {e} vs {t}" for k, (e, t) in sorted(mismatched.items())[:5])
     return [
         Row(
-            "soak",
+            label,
             "requests",
             f"{total:,}",
             ", ".join(f"{k}: {n:,}" for k, n in by_status.most_common()),
         ),
         Row(
-            "soak",
+            label,
             "answers other than 2xx and the documented 503s",
             str(len(seen.violations)),
             "; ".join(sorted(set(seen.violations))[:5]),
@@ -420,21 +422,21 @@ def _verdicts(
             met=not seen.violations,
         ),
         Row(
-            "soak",
+            label,
             "documented 503s while data was unavailable/stale",
             f"{documented:,}",
             target="> 0 (the long outage must show)",
             met=documented > 0,
         ),
         Row(
-            "soak",
+            label,
             "first good refresh and ready after each restart",
             ", ".join(f"{s:.1f} s" for s in seen.recovery_s),
             target=f"<= {3 * INTERVAL_S:g} s",
             met=len(seen.recovery_s) == 2 and max(seen.recovery_s) <= 3 * INTERVAL_S,
         ),
         Row(
-            "soak",
+            label,
             "exporter connections: baseline / max seen / at the end",
             f"{baseline_connections} / {max_connections} / {final_connections}",
             f"{idle_in_transaction} idle in transaction at the end",
@@ -444,14 +446,14 @@ def _verdicts(
             and idle_in_transaction == 0,
         ),
         Row(
-            "soak",
+            label,
             "exporter RSS: baseline / max / end",
             f"{baseline_rss:.0f} / {max_rss:.0f} / {final_rss:.0f} MB",
             target=f"end - baseline <= {RSS_GROWTH_LIMIT_MB:g} MB",
             met=final_rss - baseline_rss <= RSS_GROWTH_LIMIT_MB,
         ),
         Row(
-            "soak",
+            label,
             "lifetime counters equal count(*) after the last refresh",
             f"{len(truth)} series compared, {len(mismatched)} differ",
             mismatch_text,
@@ -459,13 +461,13 @@ def _verdicts(
             met=not mismatched and bool(truth),
         ),
         Row(
-            "soak",
+            label,
             "writes during the soak",
             f"{seen.commits:,} commits, {seen.rollbacks:,} rollbacks",
             f"{seen.write_errors} writer reconnects; simulator: {seen.simulator}",
         ),
         Row(
-            "soak",
+            label,
             "exporter exit status on SIGTERM",
             str(exit_code),
             target="0",
