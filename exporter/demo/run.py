@@ -14,13 +14,13 @@ import signal
 import sys
 
 from aiohttp import web
+
+from exporter.app import create_app
 from exporter.config import Settings, settings_from_mapping
 from exporter.demo.seed import DemoProduct, seed_demo
 from exporter.demo.simulator import FleetSimulator
 from exporter.logs import configure_logging, log_event
 from exporter.pgcluster import EmbeddedPostgres, PostgresNotFound, apply_schema
-
-from exporter.app import create_app
 
 logger = logging.getLogger("exporter.demo")
 
