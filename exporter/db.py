@@ -22,6 +22,8 @@ from exporter.config import DatabaseSettings
 APPLICATION_NAME = "engine-fleet-exporter"
 BACKSTOP_MARGIN_S = 2.0
 """How much longer than ``statement_timeout`` the client waits before it gives up itself."""
+CLOSE_GRACE_S = 1.0
+"""On shutdown, how long connections still in use may take to come back before they are cut."""
 
 
 class StatementCancelled(Exception):
@@ -171,10 +173,15 @@ class Database:
             await pool.release(connection)
 
     async def close(self) -> None:
+        """Close the pool; connections still in use after ``CLOSE_GRACE_S`` are cut."""
         async with self._pool_lock:
             if self._pool is not None:
                 self._pool.close()
-                await self._pool.wait_closed()
+                try:
+                    await asyncio.wait_for(self._pool.wait_closed(), timeout=CLOSE_GRACE_S)
+                except TimeoutError:
+                    self._pool.terminate()
+                    await self._pool.wait_closed()
                 self._pool = None
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg2
 
-from tests.support.db import execute, insert_product
+from tests.support.db import execute, fetch_value, insert_product
 from tests.support.service import free_port, http_get
 
 KEY = "pk-sept-acme-" + "a" * 40
@@ -119,6 +119,24 @@ def _serving(config: Path, port: int) -> Iterator[tuple[subprocess.Popen[str], l
             logs.extend(stderr.splitlines())
 
 
+def _poll(condition: Any, what: str, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def _engine_listings_waiting_on_a_lock(dsn: str) -> int:
+    return int(
+        fetch_value(
+            dsn,
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE application_name = 'engine-fleet-exporter' AND wait_event_type = 'Lock'"
+            " AND query LIKE '%%LATERAL%%'",
+        )
+    )
+
+
 def test_serve_finishes_in_flight_requests_and_exits_cleanly_on_sigterm(
     fleet_db: Any, tmp_path: Path
 ) -> None:
@@ -134,14 +152,17 @@ def test_serve_finishes_in_flight_requests_and_exits_cleanly_on_sigterm(
             target=lambda: answers.append(http_get(f"{base}/engines", {"X-Platform-Key": KEY})[0])
         )
         in_flight.start()
-        time.sleep(0.3)
+        _poll(
+            lambda: _engine_listings_waiting_on_a_lock(fleet_db.dsn) == 1,
+            "the request to block on the lock",
+        )
         stopped_at = time.monotonic()
         process.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
+        _poll(lambda: http_get(f"{base}/healthz")[0] == 0, "the listener to close")
         locker.rollback()
         locker.close()
         in_flight.join(timeout=10)
-        assert process.wait(timeout=10) == 0
+        assert process.wait(timeout=10) == 0, "\n".join(logs)
         assert time.monotonic() - stopped_at < 5
         assert answers == [200]
     assert logs
