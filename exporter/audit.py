@@ -46,9 +46,12 @@ class DbSnapshot:
     observed_at: datetime
     """``clock_timestamp()`` read after the snapshot was taken."""
     xmin: int
-    """Oldest transaction id still running (64-bit, wraparound-free)."""
-    xmax: int
-    """First transaction id not yet assigned when the snapshot was taken."""
+    """The snapshot's ``xmin``: no transaction below it is still running (64-bit ids)."""
+    next_xid: int | None
+    """The next transaction id to be assigned, read after the snapshot was taken: every
+    transaction that held an id by then has a smaller one. Not the snapshot's ``xmax``, which
+    is one past the latest *completed* transaction and may equal the id of one still running.
+    ``None`` when it could not be read (the rare 32-bit wrap of the id counter)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,10 +147,12 @@ class IdGapTracker:
     def _retire_permanent_gaps(self, snapshot: DbSnapshot) -> None:
         kept: list[IdGap] = []
         for gap in self.gaps:
-            if gap.fence_xid is None and snapshot.started_at >= (
-                gap.first_missing_at + ID_ALLOCATION_GRACE
+            if (
+                gap.fence_xid is None
+                and snapshot.next_xid is not None
+                and snapshot.started_at >= gap.first_missing_at + ID_ALLOCATION_GRACE
             ):
-                gap.fence_xid = snapshot.xmax
+                gap.fence_xid = snapshot.next_xid
             if gap.fence_xid is not None and snapshot.xmin >= gap.fence_xid:
                 continue
             kept.append(gap)

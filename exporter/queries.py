@@ -20,11 +20,18 @@ from exporter.domain import ENGINE_LISTING_FIELDS, Product
 SNAPSHOT = Statement(
     "snapshot",
     """
-    SELECT now(), clock_timestamp(),
-           pg_snapshot_xmin(pg_current_snapshot())::text::bigint,
-           pg_snapshot_xmax(pg_current_snapshot())::text::bigint
+    SELECT now(), clock_timestamp(), s.xmin,
+           CASE WHEN mod(s.xmax, 4294967296) >= 3
+                THEN s.xmax + age(mod(s.xmax, 4294967296)::text::xid) END
+    FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin,
+                 pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax) AS s
     """,
 )
+"""The refresh snapshot's ``xmin`` and the next transaction id to be assigned. ``age(xid)``
+measures from the next id (read once per transaction, after the snapshot) in a transaction
+that has no id of its own, as this read-only one never has; it works on a standby too. Ids
+0-2 are special and have no age, so on the rare refresh whose ``xmax`` wraps onto one of
+them the next id is left unknown."""
 
 PRODUCTS = Statement(
     "products",
@@ -180,8 +187,10 @@ def recommended_index_names() -> list[str]:
 
 
 async def fetch_snapshot(tx: Transaction) -> DbSnapshot:
-    started_at, observed_at, xmin, xmax = await tx.fetch_one(SNAPSHOT)
-    return DbSnapshot(started_at, observed_at, int(xmin), int(xmax))
+    started_at, observed_at, xmin, next_xid = await tx.fetch_one(SNAPSHOT)
+    return DbSnapshot(
+        started_at, observed_at, int(xmin), None if next_xid is None else int(next_xid)
+    )
 
 
 async def fetch_products(tx: Transaction) -> list[Product]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from datetime import timedelta
 from typing import Any
 
 import psycopg2
@@ -107,6 +108,39 @@ async def test_counters_stay_exact_under_out_of_order_commits_and_rollbacks(
     assert await refresher.refresh_once()
     assert refreshes > 2, "the writers finished before the refresher could interleave"
     assert _exported_counts(await _scrape(client)) == _ground_truth(dsn)
+
+
+async def test_a_gap_held_by_the_newest_running_writer_outlives_its_fence(
+    aiohttp_client: ClientFactory, fleet_db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer holding the newest transaction id is still running at or above the
+    snapshot's ``xmax`` (one past the latest completed id); its audit id must stay a gap."""
+    monkeypatch.setattr("exporter.audit.ID_ALLOCATION_GRACE", timedelta(0))
+    dsn = fleet_db.dsn
+    product = insert_product(dsn, slug="acme", api_key=KEY)
+    app = create_app(make_settings(dsn))
+    client: TestClient = await aiohttp_client(app)
+    refresher = app[REFRESHER]
+    insert = "INSERT INTO audit_log (product_id, action) VALUES (%s, 'provision')"
+    early, late = psycopg2.connect(dsn), psycopg2.connect(dsn)
+    try:
+        with early.cursor() as cursor:
+            cursor.execute("SELECT pg_current_xact_id()")
+        with late.cursor() as cursor:
+            cursor.execute(insert, (product,))
+        with early.cursor() as cursor:
+            cursor.execute(insert, (product,))
+        early.commit()
+        for _ in range(3):  # finds the gap, fences it, then looks again with the writer running
+            assert await refresher.refresh_once()
+        assert refresher.audit.tracker is not None
+        assert refresher.audit.tracker.pending_ids == 1
+        late.commit()
+    finally:
+        early.close()
+        late.close()
+    assert await refresher.refresh_once()
+    assert _exported_counts(await _scrape(client)) == {("acme", "provision"): 2}
 
 
 async def test_database_down_at_start_then_up_becomes_ready_without_restart(

@@ -34,8 +34,8 @@ CATEGORIES = ActionCategories(
 )
 
 
-def _snapshot(at: datetime, xmin: int, xmax: int) -> DbSnapshot:
-    return DbSnapshot(started_at=at, observed_at=at, xmin=xmin, xmax=xmax)
+def _snapshot(at: datetime, xmin: int, next_xid: int | None) -> DbSnapshot:
+    return DbSnapshot(started_at=at, observed_at=at, xmin=xmin, next_xid=next_xid)
 
 
 def test_new_ids_move_the_high_water_mark_and_holes_become_gaps() -> None:
@@ -97,6 +97,9 @@ def test_gap_ranges_keep_their_fence_when_split() -> None:
     assert [(g.lo, g.hi, g.fence_xid) for g in tracker.gaps] == [(1, 4, 77), (6, 9, 77)]
 
 
+FIRST_MODEL_XID = 1000
+
+
 @dataclass
 class _Txn:
     xid: int | None = None
@@ -112,7 +115,7 @@ class _MvccModel:
     rng: random.Random
     now: datetime = T0
     next_id: int = 1
-    next_xid: int = 1000
+    next_xid: int = FIRST_MODEL_XID
     txns: list[_Txn] = field(default_factory=list)
     commit_order: list[_Txn] = field(default_factory=list)
 
@@ -162,8 +165,13 @@ class _MvccModel:
             txn.state = "committed"
 
     def snapshot(self) -> tuple[DbSnapshot, set[int]]:
-        xids = [t.xid for t in self.running() if t.xid is not None]
-        xmin = min(xids) if xids else self.next_xid
+        """As ``GetSnapshotData`` builds it: ``xmax`` is one past the latest *completed*
+        transaction id, so the newest transactions may still be running at or above it, and
+        ``xmin`` only looks at running transactions below ``xmax``."""
+        finished = [t.xid for t in self.txns if t.state != "running" and t.xid is not None]
+        xmax = max(finished, default=FIRST_MODEL_XID - 1) + 1
+        running = [t.xid for t in self.running() if t.xid is not None and t.xid < xmax]
+        xmin = min(running, default=xmax)
         visible = {i for t in self.txns if t.state == "committed" for i in t.ids}
         return _snapshot(self.now, xmin, self.next_xid), visible
 
