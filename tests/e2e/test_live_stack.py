@@ -1,0 +1,327 @@
+"""The operations pack against the real thing: Prometheus scraping the service over a moving
+simulated fleet, evaluating the shipped rules, and Alertmanager delivering to a webhook.
+
+Everything runs as real processes on loopback. The shipped ``prometheus.yml`` is used with
+only its targets, intervals and rule file paths rewritten for the test; the rules are the
+shipped ones with ``for:`` shortened so alerts fire within the test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from exporter.pgcluster import EmbeddedPostgres, PostgresNotFound, apply_schema
+from tests.support.db import fetch_value, insert_engine, insert_product
+from tests.support.opspack import (
+    ALERT_RULES,
+    ALERTMANAGER_CONFIG,
+    EXPORTER_JOB,
+    PROMETHEUS_CONFIG,
+    find_tool,
+    load_dashboard,
+    load_yaml,
+    panel_queries,
+    rules_of,
+    substitute_grafana_variables,
+)
+from tests.support.service import free_port, http_get
+
+
+def _wait_for(condition: Any, *, timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(0.25)
+
+
+@dataclass
+class Webhook:
+    """A minimal Alertmanager webhook receiver recording every notification by path."""
+
+    port: int
+    received: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    def serve(self) -> ThreadingHTTPServer:
+        received = self.received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                received.append((self.path, json.loads(body)))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+        server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server
+
+
+@dataclass
+class Stack:
+    dsn: str
+    exporter_port: int
+    prometheus_port: int
+    alertmanager_port: int
+    webhook: Webhook
+    rules: dict[str, Any]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        url = f"http://127.0.0.1:{self.prometheus_port}/api/v1/query?" + urllib.parse.urlencode(
+            {"query": expr}
+        )
+        status, body = http_get(url)
+        assert status == 200, f"{expr}: {body.decode(errors='replace')}"
+        result: list[dict[str, Any]] = json.loads(body)["data"]["result"]
+        return result
+
+
+def _rewrite_prometheus_config(
+    exporter_port: int, prometheus_port: int, alertmanager_port: int, rules_file: Path
+) -> dict[str, Any]:
+    config: dict[str, Any] = load_yaml(PROMETHEUS_CONFIG)
+    config.setdefault("global", {}).update({"scrape_interval": "1s", "evaluation_interval": "1s"})
+    config["rule_files"] = [str(rules_file)]
+    config["alerting"] = {
+        "alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{alertmanager_port}"]}]}]
+    }
+    jobs = [job for job in config["scrape_configs"] if job["job_name"] == EXPORTER_JOB]
+    assert jobs, f"prometheus.yml has no {EXPORTER_JOB} job"
+    exporter_job = jobs[0]
+    assert exporter_job.get("metrics_path") == "/prometheus"
+    exporter_job["static_configs"] = [{"targets": [f"127.0.0.1:{exporter_port}"]}]
+    exporter_job.pop("authorization", None)
+    self_job = {
+        "job_name": "prometheus",
+        "static_configs": [{"targets": [f"127.0.0.1:{prometheus_port}"]}],
+    }
+    config["scrape_configs"] = [exporter_job, self_job]
+    return config
+
+
+def _shortened_rules() -> dict[str, Any]:
+    rules: dict[str, Any] = load_yaml(ALERT_RULES)
+    for group in rules["groups"]:
+        group["interval"] = "1s"
+        for rule in group["rules"]:
+            if "alert" in rule:
+                rule["for"] = "0s"
+    return rules
+
+
+def _rewrite_alertmanager_config(webhook_port: int) -> dict[str, Any]:
+    config: dict[str, Any] = load_yaml(ALERTMANAGER_CONFIG)
+    for receiver in config["receivers"]:
+        for webhook in receiver.get("webhook_configs", []):
+            webhook["url"] = f"http://127.0.0.1:{webhook_port}/{receiver['name']}"
+    route = config["route"]
+    route.update({"group_wait": "1s", "group_interval": "1s", "repeat_interval": "1h"})
+    for child in route.get("routes", []):
+        for key in ("group_wait", "group_interval"):
+            if key in child:
+                child[key] = "1s"
+    return config
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    prometheus = find_tool("prometheus")
+    alertmanager = find_tool("prometheus-alertmanager", "alertmanager")
+    tmp = tmp_path_factory.mktemp("stack")
+    try:
+        server = EmbeddedPostgres()
+    except PostgresNotFound as error:
+        if os.environ.get("CI") == "true":
+            pytest.fail(str(error))
+        pytest.skip(str(error))
+    processes: list[subprocess.Popen[bytes]] = []
+    webhook_server: ThreadingHTTPServer | None = None
+    with server:
+        dsn = server.create_database("orchestrator")
+        apply_schema(dsn)
+        ports = [free_port() for _ in range(4)]
+        exporter_port, prometheus_port, alertmanager_port, webhook_port = ports
+        webhook = Webhook(webhook_port)
+        webhook_server = webhook.serve()
+        rules = _shortened_rules()
+        rules_file = tmp / "alerts.yml"
+        rules_file.write_text(yaml.safe_dump(rules))
+        prometheus_config = tmp / "prometheus.yml"
+        prometheus_config.write_text(
+            yaml.safe_dump(
+                _rewrite_prometheus_config(
+                    exporter_port, prometheus_port, alertmanager_port, rules_file
+                )
+            )
+        )
+        alertmanager_config = tmp / "alertmanager.yml"
+        alertmanager_config.write_text(yaml.safe_dump(_rewrite_alertmanager_config(webhook_port)))
+        exporter_config = tmp / "exporter.yaml"
+        exporter_config.write_text(
+            yaml.safe_dump(
+                {
+                    "database": {"dsn": dsn},
+                    "listen": {"host": "127.0.0.1", "port": exporter_port},
+                    "refresh": {"interval_s": 1, "max_staleness_s": 30},
+                }
+            )
+        )
+        logs = tmp / "logs"
+        logs.mkdir()
+
+        def spawn(name: str, command: list[str]) -> None:
+            log = (logs / f"{name}.log").open("wb")
+            processes.append(
+                subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
+            )
+            log.close()
+
+        try:
+            spawn(
+                "simulator",
+                [sys.executable, "-m", "exporter", "demo", "--dsn", dsn, "--engines", "120"],
+            )
+            _wait_for(
+                lambda: fetch_value(dsn, "SELECT count(*) FROM engines") >= 100,
+                timeout_s=60,
+                what="the simulator to seed the fleet",
+            )
+            spawn(
+                "exporter",
+                [sys.executable, "-m", "exporter", "serve", "--config", str(exporter_config)],
+            )
+            spawn(
+                "alertmanager",
+                [
+                    alertmanager,
+                    f"--config.file={alertmanager_config}",
+                    f"--storage.path={tmp / 'alertmanager-data'}",
+                    f"--web.listen-address=127.0.0.1:{alertmanager_port}",
+                    "--cluster.listen-address=",
+                ],
+            )
+            spawn(
+                "prometheus",
+                [
+                    prometheus,
+                    f"--config.file={prometheus_config}",
+                    f"--storage.tsdb.path={tmp / 'prometheus-data'}",
+                    f"--web.listen-address=127.0.0.1:{prometheus_port}",
+                ],
+            )
+            _wait_for(
+                lambda: http_get(f"http://127.0.0.1:{exporter_port}/readyz")[0] == 200,
+                timeout_s=60,
+                what="the exporter to be ready",
+            )
+            _wait_for(
+                lambda: http_get(f"http://127.0.0.1:{alertmanager_port}/-/ready")[0] == 200,
+                timeout_s=60,
+                what="Alertmanager to be ready",
+            )
+            _wait_for(
+                lambda: http_get(f"http://127.0.0.1:{prometheus_port}/-/ready")[0] == 200,
+                timeout_s=60,
+                what="Prometheus to be ready",
+            )
+            yield Stack(dsn, exporter_port, prometheus_port, alertmanager_port, webhook, rules)
+        except BaseException:
+            for log in sorted(logs.iterdir()):
+                print(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}")
+            raise
+        finally:
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+            if webhook_server is not None:
+                webhook_server.shutdown()
+                webhook_server.server_close()
+
+
+def test_prometheus_scrapes_the_exporter_with_the_shipped_job(stack: Stack) -> None:
+    result = _wait_for(
+        lambda: stack.query(f'up{{job="{EXPORTER_JOB}"}} == 1'),
+        timeout_s=30,
+        what="a successful scrape",
+    )
+    assert result
+
+
+def test_every_dashboard_panel_expression_returns_data(stack: Stack) -> None:
+    _wait_for(
+        lambda: stack.query("count(engine_fleet_engines) > 0"), timeout_s=30, what="fleet data"
+    )
+    queries = panel_queries(load_dashboard())
+    assert len(queries) >= 10
+    for query in queries:
+        expr = substitute_grafana_variables(query.expr)
+        _wait_for(
+            lambda expr=expr: stack.query(expr),
+            timeout_s=45,
+            what=f"data for {query.where}: {expr}",
+        )
+
+
+def test_every_recording_rule_returns_data(stack: Stack) -> None:
+    records = [rule["record"] for rule in rules_of(stack.rules, "record")]
+    assert records, "alerts.yml defines no recording rule"
+    for record in records:
+        _wait_for(
+            lambda record=record: stack.query(record),
+            timeout_s=45,
+            what=f"recording rule {record}",
+        )
+
+
+def test_a_critical_fleet_pages_through_alertmanager(stack: Stack) -> None:
+    product = insert_product(stack.dsn, slug="blast", api_key="pk-sept-blast-" + "z" * 40)
+    for i in range(10):
+        insert_engine(
+            stack.dsn, product_id=product, user_id=f"u{i}", status="failed" if i < 4 else "running"
+        )
+
+    def critical_notification() -> dict[str, Any] | None:
+        for path, payload in list(stack.webhook.received):
+            for alert in payload.get("alerts", []):
+                labels = alert["labels"]
+                if (
+                    labels.get("product") == "blast"
+                    and labels.get("alertname") == "EngineFleetCritical"
+                ):
+                    return {"path": path, **alert}
+        return None
+
+    alert = _wait_for(critical_notification, timeout_s=90, what="the critical alert webhook")
+    assert alert["status"] == "firing"
+    assert alert["labels"]["severity"] == "critical"
+    assert alert["path"] == "/pager"
+    annotations = alert["annotations"]
+    assert "blast" in annotations["summary"] + annotations["description"]
+    assert annotations["runbook_url"].endswith("/EngineFleetCritical.md")
