@@ -13,20 +13,14 @@ import math
 import re
 import time
 import uuid
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from email.utils import format_datetime
 
 from aiohttp import web
 
 from exporter.config import Settings
 from exporter.db import Database, DatabaseUnavailable
-from exporter.domain import (
-    ENGINE_STATES,
-    Product,
-    ProductFleet,
-    metrics_view,
-    status_view,
-)
+from exporter.domain import ENGINE_STATES, Product
 from exporter.errors import ApiError, invalid_parameter, invalid_platform_key
 from exporter.exposition import (
     OPENMETRICS_CONTENT_TYPE,
@@ -37,6 +31,7 @@ from exporter.exposition import (
 from exporter.openapi import openapi_document
 from exporter.queries import EnginePosition, EngineRecord, fetch_engines_page
 from exporter.refresher import Refresher
+from exporter.views import JSON_CONTENT_TYPE, RenderedViews
 
 SETTINGS = web.AppKey("settings", Settings)
 DATABASE = web.AppKey("database", Database)
@@ -165,12 +160,14 @@ async def list_engines(request: web.Request) -> web.Response:
     )
 
 
-def _callers_fleet(request: web.Request) -> ProductFleet:
-    """The caller's fleet from a fresh snapshot, or the 503 that says why there is none."""
+def _snapshot_body(
+    request: web.Request, bodies_of: Callable[[RenderedViews], Mapping[str, bytes]]
+) -> web.Response:
+    """The caller's pre-rendered body from a fresh snapshot, or the 503 that says why not."""
     product = _authenticate(request)
     refresher = request.app[REFRESHER]
-    snapshot = refresher.published.snapshot
-    if snapshot is None:
+    published = refresher.published
+    if published.views is None:
         raise ApiError(
             503,
             "FLEET_DATA_UNAVAILABLE",
@@ -182,39 +179,36 @@ def _callers_fleet(request: web.Request) -> ProductFleet:
             "FLEET_DATA_STALE",
             "Fleet data is stale: the database has not been read successfully for too long.",
         )
-    fleet = snapshot.fleet(product.product_id)
-    if fleet is None:
+    body = bodies_of(published.views).get(product.product_id)
+    if body is None:
         raise ApiError(
             503, "FLEET_DATA_UNAVAILABLE", "This product is not in the current snapshot yet."
         )
-    return fleet
-
-
-def _snapshot_response(request: web.Request, body: dict[str, object]) -> web.Response:
-    refresher = request.app[REFRESHER]
-    published = refresher.published
-    assert published.snapshot is not None
     max_age = max(0, math.ceil(published.next_refresh_unix - time.time()))
-    return web.json_response(
-        body,
+    return web.Response(
+        body=body,
         headers={
-            "Last-Modified": format_datetime(
-                published.snapshot.taken_at.astimezone(UTC), usegmt=True
-            ),
+            "Content-Type": JSON_CONTENT_TYPE,
+            "Last-Modified": published.views.last_modified,
             "Cache-Control": f"max-age={max_age}",
         },
     )
 
 
+def _status_bodies(views: RenderedViews) -> Mapping[str, bytes]:
+    return views.status
+
+
+def _metrics_bodies(views: RenderedViews) -> Mapping[str, bytes]:
+    return views.metrics
+
+
 async def fleet_status(request: web.Request) -> web.Response:
-    fleet = _callers_fleet(request)
-    critical = request.app[SETTINGS].health.critical_failed_ratio
-    return _snapshot_response(request, status_view(fleet, critical))
+    return _snapshot_body(request, _status_bodies)
 
 
 async def fleet_metrics(request: web.Request) -> web.Response:
-    fleet = _callers_fleet(request)
-    return _snapshot_response(request, metrics_view(fleet, request.app[REFRESHER].categories))
+    return _snapshot_body(request, _metrics_bodies)
 
 
 async def prometheus(request: web.Request) -> web.Response:

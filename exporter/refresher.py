@@ -32,6 +32,7 @@ from exporter.domain import (
 )
 from exporter.exposition import RenderedExposition, render
 from exporter.logs import log_event
+from exporter.views import RenderedViews, render_views
 
 logger = logging.getLogger("exporter.refresher")
 
@@ -44,6 +45,8 @@ class Published:
     last_success_unix: float | None
     next_refresh_unix: float
     exposition: RenderedExposition
+    views: RenderedViews | None
+    """The JSON snapshot bodies; ``None`` exactly when ``snapshot`` is."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +176,7 @@ class Refresher:
         self._lock = asyncio.Lock()
         self._last_duration_s = 0.0
         self._database_up = False
-        self._published = self._publish(None, None)
+        self._published = self._publish(None, None, None)
 
     @property
     def published(self) -> Published:
@@ -229,14 +232,14 @@ class Refresher:
                     duration_s=round(self._last_duration_s, 3),
                 )
                 previous = self._published
-                self._published = self._publish(previous.snapshot, previous.last_success_unix)
+                self._published = await asyncio.to_thread(
+                    self._publish, previous.snapshot, previous.last_success_unix, previous.views
+                )
                 return False
             first = not self._audit.started
-            self._audit.apply(audit_read)
-            fleet_snapshot = self._build_snapshot(snapshot, products, engine_counts)
-            self._last_duration_s = time.monotonic() - started
-            self._database_up = True
-            self._published = self._publish(fleet_snapshot, self._clock())
+            self._published = await asyncio.to_thread(
+                self._apply_and_publish, audit_read, snapshot, products, engine_counts, started
+            )
             log_event(
                 logger,
                 logging.INFO if first else logging.DEBUG,
@@ -248,6 +251,26 @@ class Refresher:
                 duration_s=round(self._last_duration_s, 3),
             )
             return True
+
+    def _apply_and_publish(
+        self,
+        audit_read: _AuditRead | _StartupRead,
+        snapshot: DbSnapshot,
+        products: list[Product],
+        engine_counts: list[queries.EngineCount],
+        started: float,
+    ) -> Published:
+        """The CPU half of a successful refresh, run off the event loop so that scrapes and
+        JSON answers stay quick while a large fleet is counted and rendered. Only the
+        refresher (under its lock) touches this state; handlers read ``published``."""
+        self._audit.apply(audit_read)
+        fleet_snapshot = self._build_snapshot(snapshot, products, engine_counts)
+        views = render_views(
+            fleet_snapshot, self._settings.health.critical_failed_ratio, self._categories
+        )
+        self._last_duration_s = time.monotonic() - started
+        self._database_up = True
+        return self._publish(fleet_snapshot, self._clock(), views)
 
     def _build_snapshot(
         self,
@@ -287,6 +310,7 @@ class Refresher:
         self,
         snapshot: FleetSnapshot | None,
         last_success_unix: float | None,
+        views: RenderedViews | None,
     ) -> Published:
         stats = RefreshStats(
             last_duration_s=self._last_duration_s,
@@ -308,4 +332,5 @@ class Refresher:
             last_success_unix=last_success_unix,
             next_refresh_unix=self._clock() + self._settings.refresh.interval_s,
             exposition=exposition,
+            views=views,
         )

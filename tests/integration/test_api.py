@@ -10,6 +10,7 @@ import hashlib
 import time
 from collections import Counter
 from datetime import datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import pytest
@@ -183,9 +184,14 @@ async def test_snapshot_answers_carry_last_modified_and_cache_control(
     aiohttp_client: ClientFactory, two_products: dict[str, Any]
 ) -> None:
     client = await _start(aiohttp_client, two_products["dsn"], refresh={"interval_s": 30})
+    snapshot = client.server.app[REFRESHER].published.snapshot
+    assert snapshot is not None
     for path in ("/status", "/metrics"):
         response = await client.get(path, headers={"X-Platform-Key": ACME_KEY})
+        assert response.headers["Content-Type"] == "application/json; charset=utf-8"
         assert response.headers["Last-Modified"].endswith(" GMT")
+        modified = parsedate_to_datetime(response.headers["Last-Modified"])
+        assert modified == snapshot.taken_at.replace(microsecond=0)
         max_age = int(response.headers["Cache-Control"].removeprefix("max-age="))
         assert 0 <= max_age <= 30
 
