@@ -129,6 +129,17 @@ def _after_param(request: web.Request) -> EnginePosition | None:
         raise invalid_parameter("after", 'a cursor from a Link: rel="next" header') from error
 
 
+def _known_total(request: web.Request, product: Product, status: str | None) -> int | None:
+    """``total`` from the fresh snapshot (the counts ``/status`` shows), so a page costs the
+    database only the page; ``None`` (count live) when the snapshot is stale."""
+    refresher = request.app[REFRESHER]
+    snapshot = refresher.published.snapshot
+    if snapshot is None or refresher.is_stale():
+        return None
+    fleet = snapshot.fleet(product.product_id)
+    return None if fleet is None else fleet.engines_matching(status)
+
+
 async def list_engines(request: web.Request) -> web.Response:
     product = _authenticate(request)
     status = _single_param(request, "status")
@@ -137,9 +148,12 @@ async def list_engines(request: web.Request) -> web.Response:
     limit = _int_param(request, "limit", 100, *LIMIT_RANGE)
     offset = _int_param(request, "offset", 0, 0, MAX_OFFSET)
     after = _after_param(request)
+    total = _known_total(request, product, status)
     try:
         async with request.app[DATABASE].read_transaction() as tx:
-            page = await fetch_engines_page(tx, product.product_id, status, limit, offset, after)
+            page = await fetch_engines_page(
+                tx, product.product_id, status, limit, offset, after, total=total
+            )
     except DatabaseUnavailable as error:
         raise ApiError(
             503, "DATABASE_UNAVAILABLE", "The fleet database is not answering; try again shortly."

@@ -174,6 +174,10 @@ class ProductFleet:
     def failed(self) -> int:
         return self.engines_by_status.get("failed", 0)
 
+    def engines_matching(self, status: str | None) -> int:
+        """How many engines ``GET /engines`` with this ``status`` filter lists in all."""
+        return self.total if status is None else self.engines_by_status.get(status, 0)
+
 
 @dataclass(frozen=True, slots=True)
 class FleetSnapshot:

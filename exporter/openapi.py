@@ -100,7 +100,12 @@ def openapi_document(prometheus_path: str) -> dict[str, Any]:
                             "type": "array",
                             "items": {"$ref": "#/components/schemas/Engine"},
                         },
-                        "total": _COUNT,
+                        "total": {
+                            **_COUNT,
+                            "description": "Engines matching the filter as of the latest"
+                            " refresh (the count /status shows); counted live when the"
+                            " snapshot is stale.",
+                        },
                     },
                 },
                 "Status": {

@@ -2,7 +2,8 @@
 
 All statements are named, parameterised and read-only. The refresher runs the ``REFRESH``
 statements inside one REPEATABLE READ transaction, so one refresh sees one snapshot of the
-database; ``/engines`` runs ``ENGINES_PAGE*``; ``check`` runs the schema statements.
+database; ``/engines`` runs ``ENGINES_PAGE*`` (and ``ENGINES_COUNT*`` when no fresh snapshot
+knows the total); ``check`` runs the schema statements.
 """
 
 from __future__ import annotations
@@ -120,30 +121,34 @@ _ENGINE_COLUMNS = (
 ENGINES_PAGE = Statement(
     "engines_page",
     f"""
-    SELECT total.n, page.*
-    FROM (SELECT count(*) AS n FROM engines WHERE product_id = %(product_id)s) AS total
-    LEFT JOIN LATERAL (
-        SELECT {_ENGINE_COLUMNS} FROM engines
-        WHERE product_id = %(product_id)s
-          AND (created_at, engine_id) > (%(after_created_at)s, %(after_engine_id)s::uuid)
-        ORDER BY created_at, engine_id
-        LIMIT %(limit)s OFFSET %(offset)s) AS page ON true
+    SELECT {_ENGINE_COLUMNS} FROM engines
+    WHERE product_id = %(product_id)s
+      AND (created_at, engine_id) > (%(after_created_at)s, %(after_engine_id)s::uuid)
+    ORDER BY engines.created_at, engines.engine_id
+    LIMIT %(limit)s OFFSET %(offset)s
     """,
 )
+"""The order names the table's columns: a bare ``engine_id`` would mean the text output
+column and cost a sort; the uuid column is the one the index and the keyset condition use."""
 
 ENGINES_PAGE_BY_STATUS = Statement(
     "engines_page_by_status",
     f"""
-    SELECT total.n, page.*
-    FROM (SELECT count(*) AS n FROM engines
-          WHERE product_id = %(product_id)s AND status = %(status)s) AS total
-    LEFT JOIN LATERAL (
-        SELECT {_ENGINE_COLUMNS} FROM engines
-        WHERE product_id = %(product_id)s AND status = %(status)s
-          AND (created_at, engine_id) > (%(after_created_at)s, %(after_engine_id)s::uuid)
-        ORDER BY created_at, engine_id
-        LIMIT %(limit)s OFFSET %(offset)s) AS page ON true
+    SELECT {_ENGINE_COLUMNS} FROM engines
+    WHERE product_id = %(product_id)s AND status = %(status)s
+      AND (created_at, engine_id) > (%(after_created_at)s, %(after_engine_id)s::uuid)
+    ORDER BY engines.created_at, engines.engine_id
+    LIMIT %(limit)s OFFSET %(offset)s
     """,
+)
+
+ENGINES_COUNT = Statement(
+    "engines_count", "SELECT count(*) FROM engines WHERE product_id = %(product_id)s"
+)
+
+ENGINES_COUNT_BY_STATUS = Statement(
+    "engines_count_by_status",
+    "SELECT count(*) FROM engines WHERE product_id = %(product_id)s AND status = %(status)s",
 )
 
 SCHEMA_COLUMNS = Statement(
@@ -324,23 +329,31 @@ async def fetch_engines_page(
     limit: int,
     offset: int,
     after: EnginePosition | None = None,
+    *,
+    total: int | None = None,
 ) -> EnginePage:
-    """One page in ``created_at, engine_id`` order, by offset or after a position (keyset)."""
+    """One page in ``created_at, engine_id`` order, by offset or after a position (keyset).
+
+    ``total`` is counted in the same snapshot unless the caller already knows it.
+    """
     start = after or _BEFORE_EVERY_ENGINE
     params: dict[str, object] = {
         "product_id": product_id,
+        "status": status,
         "limit": limit,
         "offset": offset,
         "after_created_at": start.created_at,
         "after_engine_id": start.engine_id,
     }
-    if status is None:
-        rows = await tx.fetch_all(ENGINES_PAGE, params)
-    else:
-        rows = await tx.fetch_all(ENGINES_PAGE_BY_STATUS, {**params, "status": status})
-    total = int(rows[0][0]) if rows else 0
-    engines = [EngineRecord(*row[1:]) for row in rows if row[1] is not None]
-    return EnginePage(engines, total)
+    page, count = (
+        (ENGINES_PAGE, ENGINES_COUNT)
+        if status is None
+        else (ENGINES_PAGE_BY_STATUS, ENGINES_COUNT_BY_STATUS)
+    )
+    rows = await tx.fetch_all(page, params)
+    if total is None:
+        (total,) = await tx.fetch_one(count, params)
+    return EnginePage([EngineRecord(*row) for row in rows], int(total))
 
 
 async def fetch_server_version(tx: Transaction) -> int:

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+import psycopg2
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -24,7 +25,7 @@ from exporter.app import create_app
 from exporter.domain import ENGINE_STATES
 from exporter.openapi import openapi_document
 from tests.support.db import execute, fetch_value, insert_audit, insert_engine, insert_product
-from tests.support.service import make_settings
+from tests.support.service import make_settings, wait_until
 
 ACME_KEY = "pk-sept-acme-" + "a" * 40
 GLOBEX_KEY = "pk-sept-globex-" + "b" * 40
@@ -303,6 +304,47 @@ async def test_engines_filters_by_status_and_counts_the_filtered_total(
     assert body["total"] == 7
     assert len(body["engines"]) == 2
     assert {e["status"] for e in body["engines"]} == {"running"}
+
+
+async def test_engines_pages_are_live_and_total_is_the_snapshots_count(
+    aiohttp_client: ClientFactory, two_products: dict[str, Any]
+) -> None:
+    """A page costs the database only the page: ``total`` is the count ``/status`` shows."""
+    dsn = two_products["dsn"]
+    client = await _start(aiohttp_client, dsn, refresh={"interval_s": 30})
+    headers = {"X-Platform-Key": ACME_KEY}
+    added = insert_engine(dsn, product_id=two_products["acme"], user_id="late", status="failed")
+    body = await (await client.get("/engines?status=failed", headers=headers)).json()
+    assert added in [engine["engine_id"] for engine in body["engines"]]
+    status = await (await client.get("/status", headers=headers)).json()
+    assert body["total"] == status["by_status"]["failed"] == 1
+    assert await client.server.app[REFRESHER].refresh_once()
+    body = await (await client.get("/engines?status=failed", headers=headers)).json()
+    assert body["total"] == 2
+
+
+async def test_engines_counts_live_when_the_snapshot_is_stale(
+    aiohttp_client: ClientFactory, two_products: dict[str, Any]
+) -> None:
+    dsn = two_products["dsn"]
+    client = await _start(aiohttp_client, dsn, refresh={"interval_s": 0.1, "max_staleness_s": 0.3})
+    headers = {"X-Platform-Key": ACME_KEY}
+    locker = psycopg2.connect(dsn)
+    try:
+        with locker.cursor() as cursor:
+            cursor.execute("LOCK TABLE audit_log IN ACCESS EXCLUSIVE MODE")
+
+        async def stale() -> bool:
+            response = await client.get("/status", headers=headers)
+            return response.status == 503
+
+        await wait_until(stale, what="the snapshot to go stale")
+        insert_engine(dsn, product_id=two_products["acme"], user_id="late", status="failed")
+        body = await (await client.get("/engines", headers=headers)).json()
+        assert body["total"] == len(body["engines"]) == 12
+    finally:
+        locker.rollback()
+        locker.close()
 
 
 async def test_engines_never_shows_another_products_engines(

@@ -132,7 +132,7 @@ def _engine_listings_waiting_on_a_lock(dsn: str) -> int:
             dsn,
             "SELECT count(*) FROM pg_stat_activity"
             " WHERE application_name = 'engine-fleet-exporter' AND wait_event_type = 'Lock'"
-            " AND query LIKE '%%LATERAL%%'",
+            " AND query LIKE '%%LIMIT%%'",
         )
     )
 
