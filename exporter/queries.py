@@ -122,23 +122,28 @@ ENGINES_PAGE = Statement(
     "engines_page",
     f"""
     SELECT {_ENGINE_COLUMNS} FROM engines
-    WHERE product_id = %(product_id)s
-      AND (created_at, engine_id) > (%(after_created_at)s, %(after_engine_id)s::uuid)
+    JOIN (SELECT engine_id FROM engines
+          WHERE product_id = %(product_id)s
+            AND (created_at, engine_id) > (%(after_created_at)s, %(after_engine_id)s::uuid)
+          ORDER BY engines.created_at, engines.engine_id
+          LIMIT %(limit)s OFFSET %(offset)s) AS page USING (engine_id)
     ORDER BY engines.created_at, engines.engine_id
-    LIMIT %(limit)s OFFSET %(offset)s
     """,
 )
-"""The order names the table's columns: a bare ``engine_id`` would mean the text output
-column and cost a sort; the uuid column is the one the index and the keyset condition use."""
+"""A deferred join: the offset is skipped inside the index (an index-only scan wherever the
+visibility map allows), and only the page's rows are read from the table. The order names
+the table's columns: a bare ``engine_id`` would mean the text output column and cost a sort."""
 
 ENGINES_PAGE_BY_STATUS = Statement(
     "engines_page_by_status",
     f"""
     SELECT {_ENGINE_COLUMNS} FROM engines
-    WHERE product_id = %(product_id)s AND status = %(status)s
-      AND (created_at, engine_id) > (%(after_created_at)s, %(after_engine_id)s::uuid)
+    JOIN (SELECT engine_id FROM engines
+          WHERE product_id = %(product_id)s AND status = %(status)s
+            AND (created_at, engine_id) > (%(after_created_at)s, %(after_engine_id)s::uuid)
+          ORDER BY engines.created_at, engines.engine_id
+          LIMIT %(limit)s OFFSET %(offset)s) AS page USING (engine_id)
     ORDER BY engines.created_at, engines.engine_id
-    LIMIT %(limit)s OFFSET %(offset)s
     """,
 )
 
