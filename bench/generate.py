@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import psycopg2
 
-from exporter.pgcluster import _sql_file, _statements
+from exporter.pgcluster import index_statements
 
 AUDIT_ACTIONS: tuple[tuple[str, float], ...] = (
     ("health_check", 0.55),
@@ -149,7 +149,7 @@ def generate(dsn: str, scale: Scale, *, history_days: float = 365.0) -> None:
                         "span_s": history_days * 86400,
                     },
                 )
-            for statement in _statements(_sql_file("indexes.sql")):
+            for statement in index_statements():
                 cursor.execute(statement)
             cursor.execute("VACUUM ANALYZE")
     finally:

@@ -104,7 +104,7 @@ def check(settings: Settings) -> int:
     return 0 if not failed else 1
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fleet-exporter",
         description="Fleet read API and Prometheus metrics for an engine orchestrator.",
@@ -138,7 +138,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.command == "demo":
         from exporter.demo.run import run_demo
 

@@ -245,6 +245,11 @@ def _statements(script: str) -> list[str]:
     return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
 
 
+def index_statements() -> list[str]:
+    """The recommended indexes, one ``CREATE INDEX CONCURRENTLY`` each (autocommit only)."""
+    return _statements(_sql_file("indexes.sql"))
+
+
 def apply_schema(dsn: str, *, indexes: bool = True) -> None:
     """Create the orchestrator's tables and, optionally, the exporter's recommended indexes."""
     connection = psycopg2.connect(dsn)
@@ -254,7 +259,7 @@ def apply_schema(dsn: str, *, indexes: bool = True) -> None:
         connection.autocommit = True
         with connection.cursor() as cursor:
             if indexes:
-                for statement in _statements(_sql_file("indexes.sql")):
+                for statement in index_statements():
                     cursor.execute(statement)
             cursor.execute(
                 "SELECT 1 FROM pg_available_extensions WHERE name = 'pg_stat_statements'"

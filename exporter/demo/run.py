@@ -45,6 +45,12 @@ def _install_stop_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(signum, stop.set)
 
 
+def _key_lines(products: tuple[DemoProduct, ...]) -> list[str]:
+    """The fixed demo keys, printed on stdout (never logged) so a reader can call the API."""
+    lines = ["  demo platform keys (header X-Platform-Key):"]
+    return lines + [f"    {p.slug:<8} {p.api_key}" for p in products]
+
+
 def _print_banner(host: str, port: int, products: tuple[DemoProduct, ...]) -> None:
     base = f"http://{host}:{port}"
     lines = [
@@ -55,10 +61,7 @@ def _print_banner(host: str, port: int, products: tuple[DemoProduct, ...]) -> No
         f"  Prometheus     {base}/prometheus",
         f"  fleet API      {base}/engines  {base}/status  {base}/metrics",
         "",
-        "  demo platform keys (header X-Platform-Key):",
-    ]
-    lines += [f"    {p.slug:<8} {p.api_key}" for p in products]
-    lines += [
+        *_key_lines(products),
         "",
         f"  try: curl -s -H 'X-Platform-Key: {products[0].api_key}' {base}/status",
         "",
@@ -73,6 +76,12 @@ async def _simulate_only(dsn: str, engines: int, incident: str | None) -> None:
     simulator = FleetSimulator(dsn, products=products)
     if incident:
         simulator.start_incident(incident)
+    print(
+        "\n".join(
+            ["", "engine-fleet-exporter demo simulator is running", *_key_lines(products), ""]
+        ),
+        flush=True,
+    )
     log_event(logger, logging.INFO, "simulator_started", products=len(products))
     await simulator.run(stop)
 

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from exporter.catalogue import FAMILIES, exposed_sample_names
-from exporter.cli import _build_parser
+from exporter.cli import build_parser
 from tests.conftest import FleetDatabase
 from tests.support.db import insert_audit, insert_engine, insert_product
 from tests.support.opspack import (
@@ -552,7 +552,7 @@ def _postgres_dsn(compose: dict[str, Any]) -> str:
 def test_compose_simulator_runs_the_demo_against_the_postgres_service(
     compose: dict[str, Any],
 ) -> None:
-    args = _build_parser().parse_args(_command(compose["services"]["simulator"]))
+    args = build_parser().parse_args(_command(compose["services"]["simulator"]))
     assert args.command == "demo"
     assert args.dsn == _postgres_dsn(compose)
 
@@ -561,7 +561,7 @@ def test_compose_exporter_serves_the_mounted_config_on_the_postgres_service(
     compose: dict[str, Any],
 ) -> None:
     exporter = compose["services"]["exporter"]
-    args = _build_parser().parse_args(_command(exporter))
+    args = build_parser().parse_args(_command(exporter))
     assert args.command == "serve"
     assert dict(_bind_mounts(exporter))[str(args.config)] == EXPORTER_CONFIG
     assert exporter["environment"]["FLEET_EXPORTER_DSN"] == _postgres_dsn(compose)
