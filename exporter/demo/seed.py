@@ -311,6 +311,33 @@ def _new_user(rng: random.Random) -> str:
     return f"user-{random_hex(rng, 8)}"
 
 
+def _provision(
+    history: _History, product: DemoProduct, row: EngineRow, created: datetime, *, boots: bool
+) -> int | None:
+    """The engine's provision row: a boot of a sampled duration (returned), or a timeout."""
+    if not boots:
+        history.add(
+            product,
+            row,
+            "provision",
+            created,
+            actor=product.slug,
+            metadata={"error": "boot timeout"},
+        )
+        return None
+    boot_ms = sample_boot_ms(history.rng, history.rates)
+    history.add(
+        product,
+        row,
+        "provision",
+        created,
+        actor=product.slug,
+        metadata={"engine_version": row.engine_version},
+        duration_ms=boot_ms,
+    )
+    return boot_ms
+
+
 def _live_engine(
     history: _History, product: DemoProduct, kind: str, created: datetime, now: datetime
 ) -> EngineRow:
@@ -324,27 +351,10 @@ def _live_engine(
     )
     if kind == "provisioning":
         return row
-    if kind == "boot_failed":
-        history.add(
-            product,
-            row,
-            "provision",
-            created,
-            actor=product.slug,
-            metadata={"error": "boot timeout"},
-        )
+    boot_ms = _provision(history, product, row, created, boots=kind != "boot_failed")
+    if boot_ms is None:
         return row
-    boot_ms = sample_boot_ms(rng, rates)
     booted = created + timedelta(milliseconds=boot_ms)
-    history.add(
-        product,
-        row,
-        "provision",
-        created,
-        actor=product.slug,
-        metadata={"engine_version": version},
-        duration_ms=boot_ms,
-    )
     episode: list[AuditEntry] = []
     target = "running" if status == "failed" else status
     if kind in ("restarting", "gave_up"):
@@ -387,28 +397,13 @@ def _destroyed_engine(
     latest = now - timedelta(seconds=MIN_HISTORY_S)
     created = start + (latest - start) * rng.random()
     row = new_engine_row(rng, product, _new_user(rng), status="destroying", created_at=created)
-    if rng.random() < rates.boot_failure_prob:
-        history.add(
-            product,
-            row,
-            "provision",
-            created,
-            actor=product.slug,
-            metadata={"error": "boot timeout"},
-        )
+    boot_ms = _provision(
+        history, product, row, created, boots=rng.random() >= rates.boot_failure_prob
+    )
+    if boot_ms is None:
         destroyed = created + timedelta(seconds=60 + rng.uniform(300, 900))
     else:
-        boot_ms = sample_boot_ms(rng, rates)
         booted = created + timedelta(milliseconds=boot_ms)
-        history.add(
-            product,
-            row,
-            "provision",
-            created,
-            actor=product.slug,
-            metadata={"engine_version": row.engine_version},
-            duration_ms=boot_ms,
-        )
         destroyed = booted + timedelta(seconds=rng.expovariate(1 / DESTROYED_MEAN_LIFE_S))
         last_moment = now - timedelta(seconds=60)
         if destroyed > last_moment:
