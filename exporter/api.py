@@ -21,7 +21,15 @@ from aiohttp import web
 from exporter.config import Settings
 from exporter.db import Database, DatabaseUnavailable
 from exporter.domain import ENGINE_STATES, Product
-from exporter.errors import ApiError, invalid_parameter, invalid_platform_key
+from exporter.errors import (
+    ApiError,
+    Handler,
+    endpoint,
+    invalid_parameter,
+    invalid_platform_key,
+    method_not_allowed,
+    not_found,
+)
 from exporter.exposition import (
     OPENMETRICS_CONTENT_TYPE,
     TEXT_CONTENT_TYPE,
@@ -67,7 +75,7 @@ def _authenticate(request: web.Request) -> Product:
             "Platform keys are not loaded yet: the first refresh has not succeeded.",
         )
     product = snapshot.products_by_key_hash.get(digest)
-    if product is None or not hmac.compare_digest(product.api_key_hash.lower(), digest):
+    if product is None or not hmac.compare_digest(product.api_key_hash, digest):
         raise invalid_platform_key()
     return product
 
@@ -290,12 +298,19 @@ async def openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document(request.app[SETTINGS].prometheus.path))
 
 
+ROUTES: tuple[tuple[str, Handler], ...] = (
+    ("/engines", list_engines),
+    ("/status", fleet_status),
+    ("/metrics", fleet_metrics),
+    ("/healthz", healthz),
+    ("/readyz", readyz),
+    ("/", landing),
+    ("/openapi.json", openapi),
+)
+
+
 def add_routes(app: web.Application, prometheus_path: str) -> None:
-    app.router.add_get("/engines", list_engines)
-    app.router.add_get("/status", fleet_status)
-    app.router.add_get("/metrics", fleet_metrics)
-    app.router.add_get(prometheus_path, prometheus)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/", landing)
-    app.router.add_get("/openapi.json", openapi)
+    for path, handler in (*ROUTES, (prometheus_path, prometheus)):
+        app.router.add_get(path, endpoint(handler))
+        app.router.add_route("*", path, method_not_allowed)
+    app.router.add_route("*", "/{path:.*}", not_found)

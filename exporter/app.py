@@ -16,12 +16,11 @@ from exporter import __version__
 from exporter.api import DATABASE, REFRESHER, SETTINGS, add_routes
 from exporter.config import Settings
 from exporter.db import Database
-from exporter.errors import error_middleware
 from exporter.refresher import Refresher
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[error_middleware])
+    app = web.Application()
     app[SETTINGS] = settings
     database = Database(settings.database)
     app[DATABASE] = database

@@ -135,6 +135,7 @@ class Product:
     slug: str
     display_name: str
     api_key_hash: str
+    """SHA-256 hex of the platform key, lower case."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,7 +36,7 @@ them the next id is left unknown."""
 
 PRODUCTS = Statement(
     "products",
-    "SELECT id::text, slug, display_name, api_key_hash FROM products ORDER BY slug",
+    "SELECT id::text, slug, display_name, lower(api_key_hash) FROM products ORDER BY slug",
 )
 
 ENGINE_COUNTS = Statement(

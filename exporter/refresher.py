@@ -303,7 +303,7 @@ class Refresher:
         return FleetSnapshot(
             taken_at=now,
             fleets=MappingProxyType(fleets),
-            products_by_key_hash=MappingProxyType({p.api_key_hash.lower(): p for p in products}),
+            products_by_key_hash=MappingProxyType({p.api_key_hash: p for p in products}),
         )
 
     def _publish(
