@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,6 +41,12 @@ class FleetDatabase:
 class PrivatePostgres:
     server: EmbeddedPostgres
     dsn: str
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """A run stopped with SIGTERM (a CI timeout, ``timeout``) exits through the interpreter's
+    exit path, so the throwaway PostgreSQL servers are stopped and removed, not left behind."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 @pytest.fixture(scope="session")
