@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -40,18 +39,7 @@ from tests.support.opspack import (
     rules_of,
     substitute_grafana_variables,
 )
-from tests.support.service import free_port, http_get
-
-
-def _wait_for(condition: Any, *, timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(0.25)
+from tests.support.service import free_port, http_get, poll_until
 
 
 @dataclass
@@ -203,7 +191,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 "simulator",
                 [sys.executable, "-m", "exporter", "demo", "--dsn", dsn, "--engines", "120"],
             )
-            _wait_for(
+            poll_until(
                 lambda: fetch_value(dsn, "SELECT count(*) FROM engines") >= 100,
                 timeout_s=60,
                 what="the simulator to seed the fleet",
@@ -231,17 +219,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                     f"--web.listen-address=127.0.0.1:{prometheus_port}",
                 ],
             )
-            _wait_for(
+            poll_until(
                 lambda: http_get(f"http://127.0.0.1:{exporter_port}/readyz")[0] == 200,
                 timeout_s=60,
                 what="the exporter to be ready",
             )
-            _wait_for(
+            poll_until(
                 lambda: http_get(f"http://127.0.0.1:{alertmanager_port}/-/ready")[0] == 200,
                 timeout_s=60,
                 what="Alertmanager to be ready",
             )
-            _wait_for(
+            poll_until(
                 lambda: http_get(f"http://127.0.0.1:{prometheus_port}/-/ready")[0] == 200,
                 timeout_s=60,
                 what="Prometheus to be ready",
@@ -266,7 +254,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 def test_prometheus_scrapes_the_exporter_with_the_shipped_job(stack: Stack) -> None:
-    result = _wait_for(
+    result = poll_until(
         lambda: stack.query(f'up{{job="{EXPORTER_JOB}"}} == 1'),
         timeout_s=30,
         what="a successful scrape",
@@ -275,14 +263,14 @@ def test_prometheus_scrapes_the_exporter_with_the_shipped_job(stack: Stack) -> N
 
 
 def test_every_dashboard_panel_expression_returns_data(stack: Stack) -> None:
-    _wait_for(
+    poll_until(
         lambda: stack.query("count(engine_fleet_engines) > 0"), timeout_s=30, what="fleet data"
     )
     queries = panel_queries(load_dashboard())
     assert len(queries) >= 10
     for query in queries:
         expr = substitute_grafana_variables(query.expr)
-        _wait_for(
+        poll_until(
             lambda expr=expr: stack.query(expr),
             timeout_s=45,
             what=f"data for {query.where}: {expr}",
@@ -293,7 +281,7 @@ def test_every_recording_rule_returns_data(stack: Stack) -> None:
     records = [rule["record"] for rule in rules_of(stack.rules, "record")]
     assert records, "alerts.yml defines no recording rule"
     for record in records:
-        _wait_for(
+        poll_until(
             lambda record=record: stack.query(record),
             timeout_s=45,
             what=f"recording rule {record}",
@@ -318,7 +306,7 @@ def test_a_critical_fleet_pages_through_alertmanager(stack: Stack) -> None:
                     return {"path": path, **alert}
         return None
 
-    alert = _wait_for(critical_notification, timeout_s=90, what="the critical alert webhook")
+    alert = poll_until(critical_notification, timeout_s=90, what="the critical alert webhook")
     assert alert["status"] == "firing"
     assert alert["labels"]["severity"] == "critical"
     assert alert["path"] == "/pager"

@@ -17,7 +17,7 @@ from typing import Any
 import psycopg2
 
 from tests.support.db import execute, fetch_value, insert_product
-from tests.support.service import free_port, http_get
+from tests.support.service import free_port, http_get, poll_until
 
 KEY = "pk-sept-acme-" + "a" * 40
 
@@ -92,11 +92,11 @@ def test_a_bad_config_is_one_line_naming_the_key(tmp_path: Path) -> None:
 
 
 def _wait_ready(base: str, process: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 30
-    while http_get(f"{base}/readyz")[0] != 200:
+    def ready() -> bool:
         assert process.poll() is None, "service exited before it became ready"
-        assert time.monotonic() < deadline, "service did not become ready"
-        time.sleep(0.1)
+        return http_get(f"{base}/readyz")[0] == 200
+
+    poll_until(ready, what="the service to become ready", timeout_s=30)
 
 
 @contextlib.contextmanager
@@ -117,13 +117,6 @@ def _serving(config: Path, port: int) -> Iterator[tuple[subprocess.Popen[str], l
                 process.kill()
             _, stderr = process.communicate(timeout=10)
             logs.extend(stderr.splitlines())
-
-
-def _poll(condition: Any, what: str, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def _engine_listings_waiting_on_a_lock(dsn: str) -> int:
@@ -152,13 +145,13 @@ def test_serve_finishes_in_flight_requests_and_exits_cleanly_on_sigterm(
             target=lambda: answers.append(http_get(f"{base}/engines", {"X-Platform-Key": KEY})[0])
         )
         in_flight.start()
-        _poll(
+        poll_until(
             lambda: _engine_listings_waiting_on_a_lock(fleet_db.dsn) == 1,
-            "the request to block on the lock",
+            what="the request to block on the lock",
         )
         stopped_at = time.monotonic()
         process.send_signal(signal.SIGTERM)
-        _poll(lambda: http_get(f"{base}/healthz")[0] == 0, "the listener to close")
+        poll_until(lambda: http_get(f"{base}/healthz")[0] == 0, what="the listener to close")
         locker.rollback()
         locker.close()
         in_flight.join(timeout=10)

@@ -8,9 +8,11 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from exporter.config import Settings, settings_from_mapping
+
+T = TypeVar("T")
 
 QUIET_INTERVAL_S = 3600.0
 """A refresh interval long enough that a test drives every refresh after the first itself."""
@@ -38,6 +40,21 @@ async def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+def poll_until(
+    condition: Callable[[], T | None], *, what: str, timeout_s: float = 10.0, every_s: float = 0.05
+) -> T:
+    """The blocking twin of ``wait_until``, for tests that drive real processes: call
+    ``condition`` until it returns something truthy, return that, fail after the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+        time.sleep(every_s)
 
 
 def free_port() -> int:
