@@ -20,7 +20,7 @@ from aiohttp import web
 
 from exporter.config import Settings
 from exporter.db import Database, DatabaseUnavailable
-from exporter.domain import ENGINE_STATES, Product
+from exporter.domain import ENGINE_STATES, ProductFleet
 from exporter.errors import (
     ApiError,
     Handler,
@@ -38,7 +38,7 @@ from exporter.exposition import (
 )
 from exporter.openapi import openapi_document
 from exporter.queries import EnginePosition, EngineRecord, fetch_engines_page
-from exporter.refresher import Refresher
+from exporter.refresher import Published, Refresher
 from exporter.views import JSON_CONTENT_TYPE, RenderedViews
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -58,8 +58,9 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def _authenticate(request: web.Request) -> Product:
-    """Hash the platform key and find its product among the keys the refresher loaded.
+def _authenticate(request: web.Request, published: Published) -> ProductFleet:
+    """Hash the platform key and find its product among the keys the refresher loaded; the
+    caller's fleet in that same snapshot.
 
     Unknown keys never reach the database: the key index comes from the last refresh.
     """
@@ -67,7 +68,7 @@ def _authenticate(request: web.Request) -> Product:
     if not key or len(key) > MAX_PLATFORM_KEY_LENGTH:
         raise invalid_platform_key()
     digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
-    snapshot = request.app[REFRESHER].published.snapshot
+    snapshot = published.snapshot
     if snapshot is None:
         raise ApiError(
             503,
@@ -77,7 +78,7 @@ def _authenticate(request: web.Request) -> Product:
     product = snapshot.products_by_key_hash.get(digest)
     if product is None or not hmac.compare_digest(product.api_key_hash, digest):
         raise invalid_platform_key()
-    return product
+    return snapshot.fleets[product.product_id]
 
 
 def _single_param(request: web.Request, name: str) -> str | None:
@@ -137,30 +138,22 @@ def _after_param(request: web.Request) -> EnginePosition | None:
         raise invalid_parameter("after", 'a cursor from a Link: rel="next" header') from error
 
 
-def _known_total(request: web.Request, product: Product, status: str | None) -> int | None:
-    """``total`` from the fresh snapshot (the counts ``/status`` shows), so a page costs the
-    database only the page; ``None`` (count live) when the snapshot is stale."""
-    refresher = request.app[REFRESHER]
-    snapshot = refresher.published.snapshot
-    if snapshot is None or refresher.is_stale():
-        return None
-    fleet = snapshot.fleet(product.product_id)
-    return None if fleet is None else fleet.engines_matching(status)
-
-
 async def list_engines(request: web.Request) -> web.Response:
-    product = _authenticate(request)
+    refresher = request.app[REFRESHER]
+    fleet = _authenticate(request, refresher.published)
     status = _single_param(request, "status")
     if status is not None and status not in ENGINE_STATES:
         raise invalid_parameter("status", "one of " + ", ".join(ENGINE_STATES))
     limit = _int_param(request, "limit", 100, *LIMIT_RANGE)
     offset = _int_param(request, "offset", 0, 0, MAX_OFFSET)
     after = _after_param(request)
-    total = _known_total(request, product, status)
+    # total: the count /status shows, so a page costs the database only the page; counted
+    # live in the page's snapshot when the refresher's data is stale.
+    total = None if refresher.is_stale() else fleet.engines_matching(status)
     try:
         async with request.app[DATABASE].read_transaction() as tx:
             page = await fetch_engines_page(
-                tx, product.product_id, status, limit, offset, after, total=total
+                tx, fleet.product.product_id, status, limit, offset, after, total=total
             )
     except DatabaseUnavailable as error:
         raise ApiError(
@@ -185,52 +178,35 @@ async def list_engines(request: web.Request) -> web.Response:
 def _snapshot_body(
     request: web.Request, bodies_of: Callable[[RenderedViews], Mapping[str, bytes]]
 ) -> web.Response:
-    """The caller's pre-rendered body from a fresh snapshot, or the 503 that says why not."""
-    product = _authenticate(request)
+    """The caller's body, rendered with the snapshot, or the 503 that says why not."""
     refresher = request.app[REFRESHER]
     published = refresher.published
-    if published.views is None:
-        raise ApiError(
-            503,
-            "FLEET_DATA_UNAVAILABLE",
-            "Fleet data is not available yet: no refresh has succeeded.",
-        )
+    fleet = _authenticate(request, published)
     if refresher.is_stale():
         raise ApiError(
             503,
             "FLEET_DATA_STALE",
             "Fleet data is stale: the database has not been read successfully for too long.",
         )
-    body = bodies_of(published.views).get(product.product_id)
-    if body is None:
-        raise ApiError(
-            503, "FLEET_DATA_UNAVAILABLE", "This product is not in the current snapshot yet."
-        )
+    views = published.views
+    assert views is not None, "views are published with every snapshot"
     max_age = max(0, math.ceil(published.next_refresh_unix - time.time()))
     return web.Response(
-        body=body,
+        body=bodies_of(views)[fleet.product.product_id],
         headers={
             "Content-Type": JSON_CONTENT_TYPE,
-            "Last-Modified": published.views.last_modified,
+            "Last-Modified": views.last_modified,
             "Cache-Control": f"max-age={max_age}",
         },
     )
 
 
-def _status_bodies(views: RenderedViews) -> Mapping[str, bytes]:
-    return views.status
-
-
-def _metrics_bodies(views: RenderedViews) -> Mapping[str, bytes]:
-    return views.metrics
-
-
 async def fleet_status(request: web.Request) -> web.Response:
-    return _snapshot_body(request, _status_bodies)
+    return _snapshot_body(request, lambda views: views.status)
 
 
 async def fleet_metrics(request: web.Request) -> web.Response:
-    return _snapshot_body(request, _metrics_bodies)
+    return _snapshot_body(request, lambda views: views.metrics)
 
 
 async def prometheus(request: web.Request) -> web.Response:
