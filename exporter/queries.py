@@ -118,42 +118,35 @@ _ENGINE_COLUMNS = (
     "engine_id::text, user_id, status, url, engine_version, created_at, last_health_at"
 )
 
-ENGINES_PAGE = Statement(
-    "engines_page",
-    f"""
-    SELECT {_ENGINE_COLUMNS} FROM engines
-    JOIN (SELECT engine_id FROM engines
-          WHERE product_id = %(product_id)s
-            AND (created_at, engine_id) > (%(after_created_at)s, %(after_engine_id)s::uuid)
-          ORDER BY engines.created_at, engines.engine_id
-          LIMIT %(limit)s OFFSET %(offset)s) AS page USING (engine_id)
-    ORDER BY engines.created_at, engines.engine_id
-    """,
-)
-"""A deferred join: the offset is skipped inside the index (an index-only scan wherever the
-visibility map allows), and only the page's rows are read from the table. The order names
-the table's columns: a bare ``engine_id`` would mean the text output column and cost a sort."""
+_OF_PRODUCT = "product_id = %(product_id)s"
+_OF_PRODUCT_IN_STATUS = "product_id = %(product_id)s AND status = %(status)s"
+"""The two ``/engines`` filters; each has its own statements (and index) below."""
 
-ENGINES_PAGE_BY_STATUS = Statement(
-    "engines_page_by_status",
-    f"""
-    SELECT {_ENGINE_COLUMNS} FROM engines
-    JOIN (SELECT engine_id FROM engines
-          WHERE product_id = %(product_id)s AND status = %(status)s
-            AND (created_at, engine_id) > (%(after_created_at)s, %(after_engine_id)s::uuid)
-          ORDER BY engines.created_at, engines.engine_id
-          LIMIT %(limit)s OFFSET %(offset)s) AS page USING (engine_id)
-    ORDER BY engines.created_at, engines.engine_id
-    """,
-)
 
-ENGINES_COUNT = Statement(
-    "engines_count", "SELECT count(*) FROM engines WHERE product_id = %(product_id)s"
-)
+def _engines_page(name: str, matching: str) -> Statement:
+    """A deferred join: the offset is skipped inside the index (an index-only scan wherever
+    the visibility map allows), and only the page's rows are read from the table. The order
+    names the table's columns: a bare ``engine_id`` would mean the text output column and
+    cost a sort."""
+    return Statement(
+        name,
+        f"""
+        SELECT {_ENGINE_COLUMNS} FROM engines
+        JOIN (SELECT engine_id FROM engines
+              WHERE {matching}
+                AND (created_at, engine_id) > (%(after_created_at)s, %(after_engine_id)s::uuid)
+              ORDER BY engines.created_at, engines.engine_id
+              LIMIT %(limit)s OFFSET %(offset)s) AS page USING (engine_id)
+        ORDER BY engines.created_at, engines.engine_id
+        """,
+    )
 
+
+ENGINES_PAGE = _engines_page("engines_page", _OF_PRODUCT)
+ENGINES_PAGE_BY_STATUS = _engines_page("engines_page_by_status", _OF_PRODUCT_IN_STATUS)
+ENGINES_COUNT = Statement("engines_count", f"SELECT count(*) FROM engines WHERE {_OF_PRODUCT}")
 ENGINES_COUNT_BY_STATUS = Statement(
-    "engines_count_by_status",
-    "SELECT count(*) FROM engines WHERE product_id = %(product_id)s AND status = %(status)s",
+    "engines_count_by_status", f"SELECT count(*) FROM engines WHERE {_OF_PRODUCT_IN_STATUS}"
 )
 
 SCHEMA_COLUMNS = Statement(
