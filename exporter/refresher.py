@@ -186,10 +186,6 @@ class Refresher:
     def audit(self) -> AuditCounter:
         return self._audit
 
-    @property
-    def categories(self) -> ActionCategories:
-        return self._categories
-
     def is_stale(self, now_unix: float | None = None) -> bool:
         """True before the first success and once the last success is too old to serve."""
         last = self._published.last_success_unix
