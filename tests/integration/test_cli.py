@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg2
 
-from tests.support.db import execute, fetch_value, insert_product
+from tests.support.db import execute, exporter_sessions, insert_product
 from tests.support.service import free_port, http_get, poll_until
 
 KEY = "pk-sept-acme-" + "a" * 40
@@ -119,17 +119,6 @@ def _serving(config: Path, port: int) -> Iterator[tuple[subprocess.Popen[str], l
             logs.extend(stderr.splitlines())
 
 
-def _engine_listings_waiting_on_a_lock(dsn: str) -> int:
-    return int(
-        fetch_value(
-            dsn,
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE application_name = 'engine-fleet-exporter' AND wait_event_type = 'Lock'"
-            " AND query LIKE '%%LIMIT%%'",
-        )
-    )
-
-
 def test_serve_finishes_in_flight_requests_and_exits_cleanly_on_sigterm(
     fleet_db: Any, tmp_path: Path
 ) -> None:
@@ -146,7 +135,12 @@ def test_serve_finishes_in_flight_requests_and_exits_cleanly_on_sigterm(
         )
         in_flight.start()
         poll_until(
-            lambda: _engine_listings_waiting_on_a_lock(fleet_db.dsn) == 1,
+            lambda: (
+                exporter_sessions(
+                    fleet_db.dsn, "wait_event_type = 'Lock' AND query LIKE '%%LIMIT%%'"
+                )
+                == 1
+            ),
             what="the request to block on the lock",
         )
         stopped_at = time.monotonic()

@@ -9,20 +9,10 @@ from typing import Any
 import pytest
 
 from exporter.db import CLOSE_GRACE_S, Database, DatabaseUnavailable, Statement
-from tests.support.db import fetch_value
+from tests.support.db import exporter_sessions
 from tests.support.service import make_settings, wait_until
 
 SLEEP = Statement("sleep", "SELECT pg_sleep(30)")
-
-
-def _exporter_sessions(dsn: str) -> int:
-    return int(
-        fetch_value(
-            dsn,
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE application_name = 'engine-fleet-exporter' AND pid <> pg_backend_pid()",
-        )
-    )
 
 
 async def test_close_cuts_a_connection_still_busy_after_the_grace(fleet_db: Any) -> None:
@@ -38,7 +28,7 @@ async def test_close_cuts_a_connection_still_busy_after_the_grace(fleet_db: Any)
     await asyncio.wait_for(started.wait(), timeout=10)
 
     async def sleeping() -> bool:
-        return _exporter_sessions(fleet_db.dsn) == 1
+        return exporter_sessions(fleet_db.dsn) == 1
 
     await wait_until(sleeping, what="the statement to run")
     await asyncio.wait_for(database.close(), timeout=CLOSE_GRACE_S + 5)

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.api import DATABASE, REFRESHER
 from exporter.app import create_app
 from exporter.db import DatabaseUnavailable, Statement
-from tests.support.db import execute, fetch_all, fetch_value, insert_product
+from tests.support.db import execute, exporter_sessions, fetch_all, fetch_value, insert_product
 from tests.support.service import make_settings, wait_until
 
 KEY = "pk-sept-acme-" + "a" * 40
@@ -239,12 +239,7 @@ async def test_a_locked_table_fails_the_refresh_cleanly_and_the_next_one_succeed
     samples = await _scrape(client)
     assert samples[("engine_fleet_exporter_refresh_errors_total", (("stage", "engines"),))] == 1
     assert samples[("engine_fleet_database_up", ())] == 1
-    leftover = fetch_value(
-        dsn,
-        "SELECT count(*) FROM pg_stat_activity"
-        " WHERE application_name = 'engine-fleet-exporter' AND state <> 'idle'",
-    )
-    assert leftover == 0
+    assert exporter_sessions(dsn, "state <> 'idle'") == 0
     assert await refresher.refresh_once()
 
 
@@ -254,12 +249,7 @@ async def test_exporter_connections_are_read_only_and_named(
     app = create_app(make_settings(fleet_db.dsn))
     await aiohttp_client(app)
     assert await app[REFRESHER].refresh_once()
-    rows = fetch_all(
-        fleet_db.dsn,
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'engine-fleet-exporter'"
-        " AND datname = current_database()",
-    )
-    assert rows[0][0] >= 1
+    assert exporter_sessions(fleet_db.dsn, "datname = current_database()") >= 1
     with pytest.raises(DatabaseUnavailable, match="read-only"):
         async with app[DATABASE].read_transaction() as tx:
             await tx.fetch_all(Statement("write", "CREATE TABLE should_fail (x int)"))

@@ -11,6 +11,8 @@ from typing import Any
 import psycopg2
 from psycopg2.extras import Json, execute_values
 
+from exporter.db import APPLICATION_NAME
+
 Params = Mapping[str, object] | tuple[object, ...] | None
 
 
@@ -35,6 +37,19 @@ def fetch_all(dsn: str, sql: str, params: Params = None) -> list[tuple[Any, ...]
 
 def fetch_value(dsn: str, sql: str, params: Params = None) -> Any:
     return fetch_all(dsn, sql, params)[0][0]
+
+
+def exporter_sessions(dsn: str, where: str = "true") -> int:
+    """How many of the exporter's connections (other than this one) match ``where``, a
+    condition on ``pg_stat_activity``."""
+    return int(
+        fetch_value(
+            dsn,
+            f"SELECT count(*) FROM pg_stat_activity WHERE application_name = %(name)s"
+            f" AND pid <> pg_backend_pid() AND ({where})",
+            {"name": APPLICATION_NAME},
+        )
+    )
 
 
 def key_hash(api_key: str) -> str:
