@@ -453,6 +453,29 @@ async def test_unknown_path_and_wrong_method_use_the_error_envelope(
     assert "GET" in wrong.headers["Allow"]
 
 
+async def test_an_unexpected_failure_is_a_500_envelope_and_one_log_line(
+    aiohttp_client: ClientFactory,
+    two_products: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client = await _start(aiohttp_client, two_products["dsn"])
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("exporter.api.fetch_engines_page", broken)
+    response = await client.get("/engines", headers={"X-Platform-Key": ACME_KEY})
+    assert response.status == 500
+    assert await response.json() == {
+        "error": {"code": "INTERNAL_ERROR", "message": "Internal error."}
+    }
+    failures = [r for r in caplog.records if r.getMessage().startswith("request_failed")]
+    assert len(failures) == 1
+    status = await client.get("/status", headers={"X-Platform-Key": ACME_KEY})
+    assert status.status == 200
+
+
 async def test_a_flood_of_unknown_keys_costs_the_database_nothing(
     aiohttp_client: ClientFactory, two_products: dict[str, Any], pg_server: Any
 ) -> None:
