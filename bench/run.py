@@ -7,7 +7,8 @@ For each scale a database is generated in a throwaway PostgreSQL (``bench.genera
   ``pg_stat_statements``; the lifetime counters are checked against ``count(*)``;
 * ``fleet-exporter serve`` runs as a subprocess: ``/prometheus``, ``/status``, ``/metrics`` and
   ``/engines`` are loaded on loopback (wrk, else an aiohttp client loop), each snapshot endpoint
-  side by side with a bare aiohttp process serving the very same bytes; resident memory is read
+  side by side with a bare aiohttp process serving the very same bytes, as the median of
+  interleaved A/B pairs (``bench.pairs``: a noisy machine cannot fool it); resident memory is read
   from ``/proc`` after the first refresh and after the load;
 * at the main scale, ``/engines`` is paged at growing offsets and by keyset cursor on the
   largest product, and query-exporter (``bench.peer``) is measured on the same database.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gzip
 import platform
 import shlex
@@ -37,6 +39,7 @@ import psycopg2
 from bench import dbtime, peer
 from bench.generate import Scale, append_audit_rows, bench_key, generate
 from bench.load import LoadResult, ensure_wrk, run_load, tool_name
+from bench.pairs import PAIRS, PairedRatio, paired_ratio, run_interleaved
 from bench.processes import ManagedProcess, http_get, start_bare, start_exporter, wait_for
 from bench.report import Row, append_results, machine, render_table
 from exporter import __version__, queries
@@ -50,8 +53,6 @@ NEW_ROWS_PER_REFRESH = 1_000
 SNAPSHOT_CONNECTIONS = 16
 ENGINES_CONNECTIONS = 4
 LEAD_PRODUCT = 1
-COMPARISON_ROUNDS = 2
-"""Each side-by-side load runs this many times, interleaved; the best run of each side counts."""
 """product-001 holds half of every multi-product fleet (``bench.generate.LEAD_SHARE``)."""
 
 
@@ -77,7 +78,7 @@ FULL = Plan(
     ),
     main=Scale(1_000_000, 20_000_000, 20),
     history_reference=Scale(1_000_000, 2_000_000, 20),
-    load_seconds=6,
+    load_seconds=3,
     steady_samples=7,
     engine_offsets=(0, 1_000, 10_000, 100_000, 400_000),
 )
@@ -110,8 +111,9 @@ class Refreshes:
 
 @dataclass
 class ServedFigures:
-    loads: dict[str, LoadResult] = field(default_factory=dict)
-    bare: dict[str, LoadResult] = field(default_factory=dict)
+    snapshot_loads: dict[str, PairedRatio[LoadResult]] = field(default_factory=dict)
+    """Each snapshot endpoint against bare aiohttp serving the same bytes, in interleaved pairs."""
+    engines_load: LoadResult | None = None
     engines: dict[str, LoadResult] = field(default_factory=dict)
     exposition_bytes: int = 0
     exposition_gzip_bytes: int = 0
@@ -217,10 +219,6 @@ def _fetch(url: str, headers: dict[str, str]) -> tuple[bytes, str]:
     return body, response_headers.get("Content-Type", "application/octet-stream")
 
 
-def _best(previous: LoadResult | None, current: LoadResult) -> LoadResult:
-    return current if previous is None or current.rps > previous.rps else previous
-
-
 def statement_name(text: str) -> str:
     """The exporter's name for a statement pg_stat_statements recorded, else its first words."""
     flat = " ".join(text.split())
@@ -268,12 +266,12 @@ def _measure_served(
         bare.wait_http(f"{bare_base}/prometheus", timeout_s=30)
         for path in bodies:
             headers = key if path != "/prometheus" else None
-            for _ in range(COMPARISON_ROUNDS):
-                ours = load(f"{base}{path}", headers, SNAPSHOT_CONNECTIONS)
-                bare_result = load(f"{bare_base}{path}", None, SNAPSHOT_CONNECTIONS)
-                figures.loads[path] = _best(figures.loads.get(path), ours)
-                figures.bare[path] = _best(figures.bare.get(path), bare_result)
-        figures.loads["/engines"] = load(f"{base}/engines?limit=100", key, ENGINES_CONNECTIONS)
+            ours, bare_runs = run_interleaved(
+                functools.partial(load, f"{base}{path}", headers, SNAPSHOT_CONNECTIONS),
+                functools.partial(load, f"{bare_base}{path}", None, SNAPSHOT_CONNECTIONS),
+            )
+            figures.snapshot_loads[path] = paired_ratio(ours, bare_runs, _rps)
+        figures.engines_load = load(f"{base}/engines?limit=100", key, ENGINES_CONNECTIONS)
         if scale == plan.main:
             figures.engines = _measure_paging(base, key, plan, load, figures.lead_engines)
         figures.rss_after_mb = exporter.rss_mb()
@@ -283,6 +281,10 @@ def _measure_served(
             bare.stop()
         exporter.stop()
     return figures
+
+
+def _rps(result: LoadResult) -> float:
+    return result.rps
 
 
 def _measure_paging(
@@ -456,25 +458,25 @@ def build_rows(plan: Plan, results: list[ScaleResult]) -> list[Row]:
                 met=refreshes.counters_exact,
             )
         )
-        for path in ("/prometheus", "/status", "/metrics"):
-            ours, bare = served.loads[path], served.bare[path]
-            ratio = ours.rps / bare.rps if bare.rps else 0.0
+        for path, comparison in served.snapshot_loads.items():
+            ours, bare = comparison.median_pair
+            clean = all(not run.non_2xx and not run.errors for run in comparison.ours)
             rows.append(
                 Row(
                     label,
-                    f"GET {path} ({SNAPSHOT_CONNECTIONS} connections)",
+                    f"GET {path} ({SNAPSHOT_CONNECTIONS} connections), median pair",
                     _load_text(ours),
                     "bare aiohttp, same bytes: " + _load_text(bare),
-                    f"{ratio:.2f}x",
-                    ">= 0.8x",
-                    ratio >= 0.8 and not ours.non_2xx and not ours.errors,
+                    comparison.text(),
+                    ">= 0.8x (median)",
+                    comparison.median >= 0.8 and clean,
                 )
             )
         rows.append(
             Row(
                 label,
                 f"GET /engines?limit=100 ({ENGINES_CONNECTIONS} connections)",
-                _load_text(served.loads["/engines"]),
+                _load_text(served.engines_load) if served.engines_load else "not measured",
                 f"product with {served.lead_engines:,} engines",
             )
         )
@@ -535,13 +537,13 @@ def _peer_rows(label: str, result: ScaleResult) -> list[Row]:
                 ratio >= 10,
             )
         )
-    ours_scrape = result.served.loads["/prometheus"]
+    ours_scrape = result.served.snapshot_loads["/prometheus"].median_pair[0]
     if figures.scrape is not None:
         ratio = ours_scrape.rps / figures.scrape.rps if figures.scrape.rps else 0.0
         rows.append(
             Row(
                 label,
-                "scrape throughput and latency",
+                "scrape throughput and latency (one run each, not a paired ratio)",
                 _load_text(ours_scrape),
                 f"{name}: {_load_text(figures.scrape)}",
                 f"{ratio:.1f}x",
@@ -613,8 +615,8 @@ def main(argv: list[str] | None = None) -> int:
         ),
         (
             "load tool",
-            f"{tool_name(wrk)}, {plan.load_seconds:g} s per run on loopback; side-by-side pairs"
-            f" run {COMPARISON_ROUNDS} times interleaved, best of each side",
+            f"{tool_name(wrk)}, {plan.load_seconds:g} s per run on loopback; side-by-side ratios"
+            f" are the median of {PAIRS} interleaved pairs (min-max of the pair ratios beside it)",
         ),
         (
             "data generation",
