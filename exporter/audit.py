@@ -259,9 +259,6 @@ class AuditTally:
             if not timestamps:
                 del self._recent[key]
 
-    def product_ids(self) -> set[str]:
-        return set(self._lifetime) | set(self._histograms) | {p for p, _ in self._recent}
-
     def product_audit(self, product_id: str, now: datetime) -> ProductAudit:
         last_hour = {}
         for category in EventCategory:

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 from exporter.domain import (
+    DOCUMENTED_ACTIONS,
+    ENGINE_STATES,
     BootHistogram,
     FleetSnapshot,
     ProductFleet,
-    action_counts_for_labels,
+    counts_for_labels,
     failed_ratio,
     fleet_health,
-    status_counts_for_labels,
 )
 from exporter.domain import Health as HealthState
 
@@ -79,7 +80,7 @@ def _fleets(data: ExpositionInput) -> list[ProductFleet]:
 
 def _engines(data: ExpositionInput) -> Iterable[Sample]:
     for fleet in _fleets(data):
-        for status, count in status_counts_for_labels(fleet.engines_by_status).items():
+        for status, count in counts_for_labels(fleet.engines_by_status, ENGINE_STATES).items():
             yield (fleet.product.slug, status), count
 
 
@@ -97,7 +98,9 @@ def _failed_ratio(data: ExpositionInput) -> Iterable[Sample]:
 
 def _lifecycle_events(data: ExpositionInput) -> Iterable[Sample]:
     for fleet in _fleets(data):
-        for action, count in action_counts_for_labels(fleet.lifetime_by_action).items():
+        for action, count in counts_for_labels(
+            fleet.lifetime_by_action, DOCUMENTED_ACTIONS
+        ).items():
             yield (fleet.product.slug, action), count
 
 

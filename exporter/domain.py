@@ -95,19 +95,12 @@ def status_counts_for_json(raw: Mapping[str, int]) -> dict[str, int]:
     return counts
 
 
-def status_counts_for_labels(raw: Mapping[str, int]) -> dict[str, int]:
-    """All six states (zero included); any other status value is folded into ``other``."""
-    counts = dict.fromkeys((*ENGINE_STATES, OTHER), 0)
-    for status, count in raw.items():
-        counts[status if status in ENGINE_STATES else OTHER] += count
-    return counts
-
-
-def action_counts_for_labels(raw: Mapping[str, int]) -> dict[str, int]:
-    """All documented actions (zero included); any other action is folded into ``other``."""
-    counts = dict.fromkeys((*DOCUMENTED_ACTIONS, OTHER), 0)
-    for action, count in raw.items():
-        counts[action if action in DOCUMENTED_ACTIONS else OTHER] += count
+def counts_for_labels(raw: Mapping[str, int], known: tuple[str, ...]) -> dict[str, int]:
+    """Every known value (zero included) in its order, then ``other``, which holds the counts
+    of every value not known: a label's values stay a fixed, bounded set."""
+    counts = dict.fromkeys((*known, OTHER), 0)
+    for value, count in raw.items():
+        counts[value if value in known else OTHER] += count
     return counts
 
 
@@ -191,9 +184,6 @@ class FleetSnapshot:
     products_by_key_hash: Mapping[str, Product] = field(
         default_factory=lambda: MappingProxyType({})
     )
-
-    def fleet(self, product_id: str) -> ProductFleet | None:
-        return self.fleets.get(product_id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -85,10 +85,6 @@ class EmbeddedPostgres:
         self._running = False
 
     @property
-    def running(self) -> bool:
-        return self._running
-
-    @property
     def data_dir(self) -> Path:
         assert self._root is not None
         return self._root / "data"

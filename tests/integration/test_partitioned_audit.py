@@ -242,6 +242,6 @@ async def test_refresher_counts_on_the_partitioned_log_equal_count_star(
         )
     )
     for product_id in partitioned_log.product_ids:
-        fleet = snapshot.fleet(product_id)
+        fleet = snapshot.fleets.get(product_id)
         assert fleet is not None
         assert fleet.last_hour[EventCategory.PROVISION] == last_hour_provisions.get(product_id, 0)

@@ -276,4 +276,3 @@ def test_unknown_actions_are_counted_as_other_and_system_rows_are_skipped() -> N
     tally.add_row(_row(1, "reticulate"), T0)
     tally.add_row(AuditRow(2, None, "provision", T0, 100), T0)
     assert dict(tally.product_audit("p1", T0).lifetime_by_action) == {"other": 1}
-    assert tally.product_ids() == {"p1"}

@@ -13,14 +13,13 @@ from exporter.domain import (
     Health,
     Product,
     ProductFleet,
-    action_counts_for_labels,
     average_ms,
+    counts_for_labels,
     failed_ratio,
     fleet_health,
     in_rolling_window,
     metrics_view,
     status_counts_for_json,
-    status_counts_for_labels,
     status_view,
 )
 
@@ -68,12 +67,12 @@ def test_json_status_counts_have_every_state_and_keep_unknown_ones_by_name() -> 
 
 
 def test_label_status_counts_fold_unknown_states_into_other() -> None:
-    counts = status_counts_for_labels({"running": 3, "rebooting": 2, "zombie": 1})
+    counts = counts_for_labels({"running": 3, "rebooting": 2, "zombie": 1}, ENGINE_STATES)
     assert counts == {**dict.fromkeys(ENGINE_STATES, 0), "running": 3, "other": 3}
 
 
 def test_label_action_counts_have_every_documented_action_and_fold_the_rest() -> None:
-    counts = action_counts_for_labels({"provision": 4, "boot": 2, "reticulate": 1})
+    counts = counts_for_labels({"provision": 4, "boot": 2, "reticulate": 1}, DOCUMENTED_ACTIONS)
     assert set(counts) == {*DOCUMENTED_ACTIONS, "other"}
     assert counts["provision"] == 4
     assert counts["other"] == 3
