@@ -12,7 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.processes import ManagedProcess, free_port, http_get, wait_for
+from bench.processes import ManagedProcess, wait_for
+from exporter.loopback import free_port, http_get
 
 BENCH_DIR = Path(__file__).resolve().parent
 PEER_VENV = BENCH_DIR / ".venv-peer"

@@ -9,49 +9,23 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
 import yaml
 
+from exporter.loopback import free_port, http_get, poll_until
+
 STOP_TIMEOUT_S = 10.0
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def http_get(
-    url: str, headers: dict[str, str] | None = None, timeout_s: float = 30.0
-) -> tuple[int, dict[str, str], bytes]:
-    """(status, headers, raw body); status 0 when nothing answers. Bodies are not decoded."""
-    request = urllib.request.Request(url, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            return response.status, dict(response.headers), response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), error.read()
-    except OSError:
-        return 0, {}, b""
-
-
 def wait_for(condition: Callable[[], bool], *, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(0.1)
+    """Poll every 0.1 s until ``condition`` holds; ``TimeoutError`` after the deadline."""
+    poll_until(condition, what=what, timeout_s=timeout_s, every_s=0.1)
 
 
 def proc_status_kb(pid: int, field: str) -> int:

@@ -40,11 +40,12 @@ from bench import dbtime, peer
 from bench.generate import Scale, append_audit_rows, bench_key, generate
 from bench.load import LoadResult, ensure_wrk, run_load, tool_name
 from bench.pairs import PAIRS, PairedRatio, paired_ratio, run_interleaved
-from bench.processes import ManagedProcess, http_get, start_bare, start_exporter, wait_for
+from bench.processes import ManagedProcess, start_bare, start_exporter, wait_for
 from bench.report import Row, append_results, machine, render_table
 from exporter import __version__, queries
 from exporter.config import settings_from_mapping
 from exporter.db import Database, Statement
+from exporter.loopback import http_get
 from exporter.pgcluster import EmbeddedPostgres, apply_schema
 from exporter.refresher import Refresher
 

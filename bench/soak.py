@@ -40,10 +40,11 @@ import psycopg2
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.generate import Scale, bench_key, generate
-from bench.processes import ManagedProcess, http_get, start_exporter, wait_for
+from bench.processes import ManagedProcess, start_exporter, wait_for
 from bench.report import Row, render_table
 from exporter.db import APPLICATION_NAME
 from exporter.domain import DOCUMENTED_ACTIONS, ENGINE_STATES, OTHER
+from exporter.loopback import http_get
 from exporter.pgcluster import EmbeddedPostgres, apply_schema
 
 SOAK_SCALE = Scale(engines=20_000, audit_rows=200_000, products=5)

@@ -13,7 +13,6 @@ import contextlib
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from importlib import resources
@@ -22,6 +21,8 @@ from types import TracebackType
 
 import psycopg2
 from psycopg2 import sql
+
+from exporter.loopback import free_port
 
 INSTALL_HINT = (
     "PostgreSQL server binaries (initdb, pg_ctl) not found: install the Debian package"
@@ -63,13 +64,6 @@ def find_postgres_bindir() -> Path:
     raise PostgresNotFound(INSTALL_HINT)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 class EmbeddedPostgres:
     """A throwaway cluster on a free loopback port in a temp dir, always removed."""
 
@@ -77,7 +71,7 @@ class EmbeddedPostgres:
     host = "127.0.0.1"
 
     def __init__(self, *, port: int | None = None, durable: bool = False) -> None:
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self._fixed_port = port is not None
         self._durable = durable
         self._bindir = find_postgres_bindir()
@@ -179,7 +173,7 @@ class EmbeddedPostgres:
             except RuntimeError:
                 if self._fixed_port or attempt == _START_ATTEMPTS - 1:
                     raise
-                self.port = _free_port()
+                self.port = free_port()
         self._running = True
 
     def stop(self, mode: str = "fast") -> None:

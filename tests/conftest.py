@@ -8,12 +8,14 @@ import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg2
 import pytest
 from psycopg2 import sql
 
 from exporter.pgcluster import EmbeddedPostgres, PostgresNotFound, apply_schema
+from tests.support.db import FleetDatabase
 
 
 def _unavailable(reason: str) -> None:
@@ -32,15 +34,19 @@ class PgServer:
 
 
 @dataclass(frozen=True)
-class FleetDatabase:
-    name: str
-    dsn: str
-
-
-@dataclass(frozen=True)
 class PrivatePostgres:
     server: EmbeddedPostgres
     dsn: str
+
+
+E2E_DIR = Path(__file__).resolve().parent / "e2e"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under ``tests/e2e`` runs live processes: ``-m "not e2e"`` leaves it out."""
+    for item in items:
+        if E2E_DIR in item.path.parents:
+            item.add_marker(pytest.mark.e2e)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -13,8 +13,7 @@ from psycopg2 import sql
 from exporter.demo.model import STATUSES, SimulationRates
 from exporter.demo.seed import DEMO_PRODUCTS, seed_demo
 from exporter.demo.simulator import FleetSimulator
-from tests.conftest import FleetDatabase
-from tests.support.db import execute, fetch_all, fetch_value, key_hash
+from tests.support.db import FleetDatabase, execute, fetch_all, fetch_value, key_hash
 from tests.support.service import wait_until
 
 BRISK = SimulationRates(

@@ -21,8 +21,7 @@ from exporter import queries
 from exporter.db import Database
 from exporter.domain import ROLLING_WINDOW, EventCategory
 from exporter.refresher import Refresher
-from tests.conftest import FleetDatabase
-from tests.support.db import execute, fetch_all, fetch_value, insert_product
+from tests.support.db import FleetDatabase, execute, fetch_all, fetch_value, insert_product
 from tests.support.service import make_settings
 
 MONTHS_OF_HISTORY = 4

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -14,6 +15,14 @@ from psycopg2.extras import Json, execute_values
 from exporter.db import APPLICATION_NAME
 
 Params = Mapping[str, object] | tuple[object, ...] | None
+
+
+@dataclass(frozen=True)
+class FleetDatabase:
+    """A fresh database with the orchestrator's schema, made for one test."""
+
+    name: str
+    dsn: str
 
 
 def execute(dsn: str, sql: str, params: Params = None) -> None:

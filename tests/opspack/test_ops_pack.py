@@ -19,8 +19,7 @@ import yaml
 
 from exporter.catalogue import FAMILIES, exposed_sample_names
 from exporter.cli import build_parser
-from tests.conftest import FleetDatabase
-from tests.support.db import insert_audit, insert_engine, insert_product
+from tests.support.db import FleetDatabase, insert_audit, insert_engine, insert_product
 from tests.support.opspack import (
     ALERT_RULES,
     ALERT_TESTS,
