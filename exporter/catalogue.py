@@ -24,6 +24,8 @@ from exporter.domain import (
 )
 from exporter.domain import Health as HealthState
 
+_CENSUS = " Counted from every engine row once per refresh.engine_census_interval_s."
+
 REFRESH_STAGES: tuple[str, ...] = ("connect", "products", "engines", "audit")
 """Where a refresh can fail; each has its own ``refresh_errors_total`` series."""
 
@@ -114,6 +116,28 @@ def _oldest_provisioning(data: ExpositionInput) -> Iterable[Sample]:
         yield (fleet.product.slug,), fleet.oldest_provisioning_age_s
 
 
+def _probe_overdue(data: ExpositionInput) -> Iterable[Sample]:
+    for fleet in _fleets(data):
+        yield (fleet.product.slug,), fleet.census.probe_overdue
+
+
+def _oldest_probe_age(data: ExpositionInput) -> Iterable[Sample]:
+    for fleet in _fleets(data):
+        yield (fleet.product.slug,), fleet.census.oldest_probe_age_s
+
+
+def _engines_by_version(data: ExpositionInput) -> Iterable[Sample]:
+    for fleet in _fleets(data):
+        for version, count in fleet.census.engines_by_version.items():
+            yield (fleet.product.slug, version), count
+
+
+def _quota(data: ExpositionInput) -> Iterable[Sample]:
+    for fleet in _fleets(data):
+        if fleet.product.quota_engines is not None:
+            yield (fleet.product.slug,), fleet.product.quota_engines
+
+
 def _refresh_duration(data: ExpositionInput) -> Iterable[Sample]:
     yield (), data.stats.last_duration_s
 
@@ -190,6 +214,42 @@ FAMILIES: tuple[Family, ...] = (
         ("product",),
         fleet_data=True,
         samples=_oldest_provisioning,
+    ),
+    Family(
+        "engine_fleet_engines_probe_overdue",
+        "gauge",
+        "Running engines never probed or last probed longer ago than health.probe_overdue_s."
+        f"{_CENSUS}",
+        ("product",),
+        fleet_data=True,
+        samples=_probe_overdue,
+    ),
+    Family(
+        "engine_fleet_oldest_probe_age_seconds",
+        "gauge",
+        "Age in seconds of the oldest health probe among running engines that have one"
+        f" (0 when none).{_CENSUS}",
+        ("product",),
+        fleet_data=True,
+        samples=_oldest_probe_age,
+    ),
+    Family(
+        "engine_fleet_engines_by_version",
+        "gauge",
+        "Engines per engine_version, the metrics.max_versions largest by count; the rest"
+        f" count as version=other.{_CENSUS}",
+        ("product", "version"),
+        fleet_data=True,
+        samples=_engines_by_version,
+    ),
+    Family(
+        "engine_fleet_quota_engines",
+        "gauge",
+        "The product's policy max_engines; absent when its policy sets no positive integer."
+        " Refreshed every {interval} s.",
+        ("product",),
+        fleet_data=True,
+        samples=_quota,
     ),
     Family(
         "engine_fleet_exporter_refresh_duration_seconds",

@@ -79,14 +79,22 @@ def _as_number(value: object) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _number(*, above: float, at_most: float | None = None) -> Check:
-    expected = f"expected a number > {above:g}"
-    if at_most is not None:
-        expected += f" and <= {at_most:g}"
+def _number(
+    *, above: float | None = None, at_least: float | None = None, at_most: float | None = None
+) -> Check:
+    bounds = [f"> {above:g}"] if above is not None else []
+    bounds += [f">= {at_least:g}"] if at_least is not None else []
+    bounds += [f"<= {at_most:g}"] if at_most is not None else []
+    expected = "expected a number " + " and ".join(bounds)
 
     def check(value: object) -> object:
         number = _as_number(value)
-        if number is None or number <= above or (at_most is not None and number > at_most):
+        if (
+            number is None
+            or (above is not None and number <= above)
+            or (at_least is not None and number < at_least)
+            or (at_most is not None and number > at_most)
+        ):
             raise _Rejected(expected)
         return number
 
@@ -196,6 +204,9 @@ class RefreshSettings:
         default=120.0, metadata=_rule(_number(above=0, at_most=7 * 86400))
     )
     startup_timeout_s: float = field(default=300.0, metadata=_rule(_number(above=0, at_most=3600)))
+    engine_census_interval_s: float = field(
+        default=60.0, metadata=_rule(_number(at_least=0, at_most=3600))
+    )
 
     def __post_init__(self) -> None:
         if self.max_staleness_s < self.interval_s:
@@ -208,6 +219,7 @@ class RefreshSettings:
 @dataclass(frozen=True, slots=True)
 class HealthSettings:
     critical_failed_ratio: float = field(default=0.10, metadata=_rule(_number(above=0, at_most=1)))
+    probe_overdue_s: float = field(default=90.0, metadata=_rule(_number(at_least=1, at_most=86400)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +236,7 @@ class MetricsSettings:
     boot_buckets_s: tuple[float, ...] = field(
         default=(1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0, 34.0, 60.0, 120.0), metadata=_rule(_buckets)
     )
+    max_versions: int = field(default=10, metadata=_rule(_integer(1, 1000)))
 
 
 @dataclass(frozen=True, slots=True)

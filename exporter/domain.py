@@ -9,7 +9,8 @@ exposition read. No I/O, no clocks, no event loop: the refresher passes times in
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import MappingProxyType
@@ -122,6 +123,39 @@ def average_ms(durations: Iterable[int]) -> int | None:
     return rounded if total >= 0 else -rounded
 
 
+def quota_from_policy(max_engines: object) -> int | None:
+    """The product's engine quota from its policy's ``max_engines`` (decoded JSON), or None
+    when the policy sets none: a missing key, null, a string, a boolean, a fraction, zero or a
+    negative number. An integral JSON number such as ``100.0`` is the integer it names."""
+    if isinstance(max_engines, bool):
+        return None
+    if isinstance(max_engines, int):
+        return max_engines if max_engines > 0 else None
+    if isinstance(max_engines, float) and math.isfinite(max_engines) and max_engines > 0:
+        return int(max_engines) if max_engines.is_integer() else None
+    return None
+
+
+def versions_for_labels(raw: Mapping[str, int], max_versions: int) -> dict[str, int]:
+    """The ``max_versions`` versions with the most engines under their own name (ties go to
+    the lower name, so the choice is stable between refreshes); every other version is
+    folded into ``other``, which is always present. A version literally named ``other``
+    folds in too, so the label means one thing."""
+    largest = sorted(
+        (version for version, count in raw.items() if version != OTHER and count > 0),
+        key=lambda version: (-raw[version], version),
+    )
+    return counts_for_labels(raw, tuple(largest[:max_versions]))
+
+
+def probe_age_s(oldest_probe_at: datetime | None, now: datetime) -> float:
+    """Seconds since the oldest probe; 0 when no engine has been probed (or for a probe
+    stamped after ``now`` by a clock ahead of the database's)."""
+    if oldest_probe_at is None:
+        return 0.0
+    return max(0.0, (now - oldest_probe_at).total_seconds())
+
+
 @dataclass(frozen=True, slots=True)
 class Product:
     product_id: str
@@ -129,6 +163,88 @@ class Product:
     display_name: str
     api_key_hash: str
     """SHA-256 hex of the platform key, lower case."""
+    quota_engines: int | None = None
+    """``policy.max_engines``; None when the policy sets no usable quota."""
+
+
+@dataclass(frozen=True, slots=True)
+class EngineGroup:
+    """One row of the engine census: a product's engines sharing a status and a version."""
+
+    product_id: str
+    status: str
+    version: str
+    count: int
+    oldest_created_at: datetime
+    probe_overdue: int
+    """Engines of the group never probed or last probed before the overdue limit."""
+    oldest_probe_at: datetime | None
+    """The oldest non-null ``last_health_at`` of the group."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProductCensus:
+    """What the engine census says about one product's fleet."""
+
+    probe_overdue: int
+    oldest_probe_age_s: float
+    engines_by_version: Mapping[str, int]
+    """Folded to at most ``metrics.max_versions`` names plus ``other``."""
+
+    @classmethod
+    def empty(cls) -> ProductCensus:
+        return cls(0, 0.0, MappingProxyType({OTHER: 0}))
+
+
+@dataclass(frozen=True, slots=True)
+class EngineCensus:
+    """The figures only a read of every engine row gives, taken less often than the counts."""
+
+    taken_at: datetime
+    """Database time of the refresh that read the rows; overdue and ages are as of then."""
+    products: Mapping[str, ProductCensus]
+    """By product id: every product that existed then, with or without engines."""
+
+    def of(self, product_id: str) -> ProductCensus:
+        return self.products.get(product_id) or ProductCensus.empty()
+
+
+def engine_census(
+    groups: Sequence[EngineGroup],
+    product_ids: Iterable[str],
+    taken_at: datetime,
+    max_versions: int,
+) -> EngineCensus:
+    """Fold census rows into per-product figures. Probe figures count ``running`` engines
+    only: the orchestrator's health loop probes nothing else."""
+    versions: dict[str, dict[str, int]] = {pid: {} for pid in product_ids}
+    overdue: dict[str, int] = {}
+    oldest_probe: dict[str, datetime] = {}
+    for group in groups:
+        by_version = versions.setdefault(group.product_id, {})
+        by_version[group.version] = by_version.get(group.version, 0) + group.count
+        if group.status != "running":
+            continue
+        overdue[group.product_id] = overdue.get(group.product_id, 0) + group.probe_overdue
+        probed = group.oldest_probe_at
+        known = oldest_probe.get(group.product_id)
+        if probed is not None and (known is None or probed < known):
+            oldest_probe[group.product_id] = probed
+    return EngineCensus(
+        taken_at=taken_at,
+        products=MappingProxyType(
+            {
+                pid: ProductCensus(
+                    probe_overdue=overdue.get(pid, 0),
+                    oldest_probe_age_s=probe_age_s(oldest_probe.get(pid), taken_at),
+                    engines_by_version=MappingProxyType(
+                        versions_for_labels(by_version, max_versions)
+                    ),
+                )
+                for pid, by_version in versions.items()
+            }
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +275,8 @@ class ProductFleet:
     last_hour: Mapping[EventCategory, int]
     avg_boot_ms: int | None
     boot_histogram: BootHistogram
+    census: ProductCensus = field(default_factory=ProductCensus.empty)
+    """Versions and probe figures as of the latest census (``FleetSnapshot.census_taken_at``)."""
 
     @property
     def total(self) -> int:
@@ -184,6 +302,8 @@ class FleetSnapshot:
     products_by_key_hash: Mapping[str, Product] = field(
         default_factory=lambda: MappingProxyType({})
     )
+    census_taken_at: datetime | None = None
+    """When the engine census behind each fleet's ``census`` was taken (database time)."""
 
 
 @dataclass(frozen=True, slots=True)

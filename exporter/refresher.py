@@ -4,6 +4,9 @@ Each refresh runs in one read-only REPEATABLE READ transaction (one consistent s
 products, engines and the audit log), builds the snapshot, renders the Prometheus exposition
 for it and publishes both with a single reference swap. The first successful refresh counts
 the whole audit log; every later one reads only the rows added since (``exporter.audit``).
+Engines are counted per status on every refresh; the engine census (versions, probe figures),
+which must read every engine row, replaces that count at most every
+``refresh.engine_census_interval_s`` and is carried, with the time it was taken, in between.
 Nothing downstream ever queries the database because of a scrape or a ``/status`` call.
 """
 
@@ -14,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import MappingProxyType
 
 from exporter import queries
@@ -25,10 +28,14 @@ from exporter.db import Database, DatabaseUnavailable, Transaction
 from exporter.domain import (
     ROLLING_WINDOW,
     ActionCategories,
+    EngineCensus,
+    EngineGroup,
     EventCategory,
     FleetSnapshot,
     Product,
+    ProductCensus,
     ProductFleet,
+    engine_census,
 )
 from exporter.exposition import RenderedExposition, render
 from exporter.logs import log_event
@@ -172,6 +179,7 @@ class Refresher:
             restart=settings.actions.restart,
         )
         self._audit = AuditCounter(settings, self._categories)
+        self._census: EngineCensus | None = None
         self._errors = dict.fromkeys(REFRESH_STAGES, 0)
         self._lock = asyncio.Lock()
         self._last_duration_s = 0.0
@@ -212,7 +220,16 @@ class Refresher:
                     stage = "products"
                     products = await queries.fetch_products(tx)
                     stage = "engines"
-                    engine_counts = await queries.fetch_engine_counts(tx)
+                    census_groups: list[EngineGroup] | None = None
+                    if self._census_due(snapshot.started_at, products):
+                        census_groups = await queries.fetch_engine_census(
+                            tx,
+                            snapshot.started_at
+                            - timedelta(seconds=self._settings.health.probe_overdue_s),
+                        )
+                        engine_counts = queries.engine_counts_of(census_groups)
+                    else:
+                        engine_counts = await queries.fetch_engine_counts(tx)
                     stage = "audit"
                     audit_read = await self._audit.read(tx, snapshot)
             except DatabaseUnavailable as error:
@@ -234,7 +251,13 @@ class Refresher:
                 return False
             first = not self._audit.started
             self._published = await asyncio.to_thread(
-                self._apply_and_publish, audit_read, snapshot, products, engine_counts, started
+                self._apply_and_publish,
+                audit_read,
+                snapshot,
+                products,
+                engine_counts,
+                census_groups,
+                started,
             )
             log_event(
                 logger,
@@ -242,11 +265,23 @@ class Refresher:
                 "refresh_ok",
                 products=len(products),
                 full_pass=first,
+                engine_census=census_groups is not None,
                 audit_rows=len(audit_read.rows) if isinstance(audit_read, _AuditRead) else None,
                 pending_audit_ids=self._audit.tracker.pending_ids if self._audit.tracker else 0,
                 duration_s=round(self._last_duration_s, 3),
             )
             return True
+
+    def _census_due(self, now: datetime, products: list[Product]) -> bool:
+        """A census is due when the last one is old enough, when the database clock went
+        back past it (a failover), or when a product has appeared since."""
+        census = self._census
+        if census is None:
+            return True
+        elapsed = (now - census.taken_at).total_seconds()
+        if not 0 <= elapsed < self._settings.refresh.engine_census_interval_s:
+            return True
+        return any(product.product_id not in census.products for product in products)
 
     def _apply_and_publish(
         self,
@@ -254,12 +289,20 @@ class Refresher:
         snapshot: DbSnapshot,
         products: list[Product],
         engine_counts: list[queries.EngineCount],
+        census_groups: list[EngineGroup] | None,
         started: float,
     ) -> Published:
         """The CPU half of a successful refresh, run off the event loop so that scrapes and
         JSON answers stay quick while a large fleet is counted and rendered. Only the
         refresher (under its lock) touches this state; handlers read ``published``."""
         self._audit.apply(audit_read)
+        if census_groups is not None:
+            self._census = engine_census(
+                census_groups,
+                (product.product_id for product in products),
+                snapshot.started_at,
+                self._settings.metrics.max_versions,
+            )
         fleet_snapshot = self._build_snapshot(snapshot, products, engine_counts)
         views = render_views(
             fleet_snapshot, self._settings.health.critical_failed_ratio, self._categories
@@ -281,6 +324,7 @@ class Refresher:
             by_product.setdefault(row.product_id, {})[row.status] = row.count
             if row.status == "provisioning":
                 oldest_provisioning[row.product_id] = row.oldest_created_at
+        census = self._census
         fleets = {}
         for product in products:
             audit = self._audit.tally.product_audit(product.product_id, now)
@@ -295,11 +339,13 @@ class Refresher:
                 last_hour=audit.last_hour,
                 avg_boot_ms=audit.avg_boot_ms,
                 boot_histogram=audit.boot_histogram,
+                census=census.of(product.product_id) if census else ProductCensus.empty(),
             )
         return FleetSnapshot(
             taken_at=now,
             fleets=MappingProxyType(fleets),
             products_by_key_hash=MappingProxyType({p.api_key_hash: p for p in products}),
+            census_taken_at=census.taken_at if census else None,
         )
 
     def _publish(

@@ -15,6 +15,7 @@ from psycopg2.extras import Json, execute_values
 from exporter.db import APPLICATION_NAME
 
 Params = Mapping[str, object] | tuple[object, ...] | None
+DEFAULT_POLICY = {"max_engines": 1000, "rate_limit_rpm": 600}
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ def insert_product(
     api_key: str,
     display_name: str | None = None,
     product_id: str | None = None,
+    policy: object = DEFAULT_POLICY,
 ) -> str:
     product_id = product_id or str(uuid.uuid4())
     execute(
@@ -83,7 +85,7 @@ def insert_product(
             "slug": slug,
             "name": display_name or slug.title(),
             "hash": key_hash(api_key),
-            "policy": Json({"max_engines": 1000, "rate_limit_rpm": 600}),
+            "policy": Json(policy),
         },
     )
     return product_id

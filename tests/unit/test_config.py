@@ -68,6 +68,9 @@ def test_only_the_dsn_is_needed_and_everything_else_has_its_documented_default()
     assert settings.actions.destroy == ("destroy",)
     assert settings.metrics.boot_sample_size == 100
     assert settings.metrics.boot_buckets_s == (1, 2, 3, 5, 8, 13, 21, 34, 60, 120)
+    assert settings.health.probe_overdue_s == 90.0
+    assert settings.metrics.max_versions == 10
+    assert settings.refresh.engine_census_interval_s == 60.0
     assert settings.prometheus.path == "/prometheus"
     assert settings.prometheus.bearer_token_file is None
     assert settings.prometheus.bearer_token is None
@@ -112,6 +115,36 @@ def test_integers_are_accepted_where_seconds_are_wanted_and_fractions_too() -> N
     assert settings.refresh.max_staleness_s == 2.0
     assert isinstance(settings.refresh.max_staleness_s, float)
     assert settings.database.pool_max == 64
+
+
+def test_the_edges_of_the_fleet_insight_ranges_are_accepted() -> None:
+    low = settings_from_mapping(
+        _with_dsn(
+            health={"probe_overdue_s": 1},
+            metrics={"max_versions": 1},
+            refresh={"engine_census_interval_s": 0},
+        ),
+        environ={},
+    )
+    high = settings_from_mapping(
+        _with_dsn(
+            health={"probe_overdue_s": 86400},
+            metrics={"max_versions": 1000},
+            refresh={"engine_census_interval_s": 3600},
+        ),
+        environ={},
+    )
+
+    assert (low.health.probe_overdue_s, high.health.probe_overdue_s) == (1.0, 86400.0)
+    assert (low.metrics.max_versions, high.metrics.max_versions) == (1, 1000)
+    assert low.refresh.engine_census_interval_s == 0.0
+    assert high.refresh.engine_census_interval_s == 3600.0
+
+
+def test_a_rejected_lower_bound_is_named_inclusive() -> None:
+    message = _error(_with_dsn(health={"probe_overdue_s": 0}))
+
+    assert message == "health.probe_overdue_s: expected a number >= 1 and <= 86400, got 0"
 
 
 def test_port_zero_means_any_free_port_and_is_accepted() -> None:
@@ -171,6 +204,28 @@ BAD_INPUTS = [
     ),
     pytest.param(
         {"metrics": {"boot_sample_size": 0}}, "metrics.boot_sample_size", id="empty-sample"
+    ),
+    pytest.param(
+        {"health": {"probe_overdue_s": 0.5}}, "health.probe_overdue_s", id="probe-overdue-below-1"
+    ),
+    pytest.param(
+        {"health": {"probe_overdue_s": 86401}}, "health.probe_overdue_s", id="probe-overdue-long"
+    ),
+    pytest.param(
+        {"health": {"probe_overdue_s": "90s"}}, "health.probe_overdue_s", id="probe-overdue-str"
+    ),
+    pytest.param({"metrics": {"max_versions": 0}}, "metrics.max_versions", id="no-versions"),
+    pytest.param({"metrics": {"max_versions": 1001}}, "metrics.max_versions", id="many-versions"),
+    pytest.param({"metrics": {"max_versions": 2.5}}, "metrics.max_versions", id="half-version"),
+    pytest.param(
+        {"refresh": {"engine_census_interval_s": -1}},
+        "refresh.engine_census_interval_s",
+        id="negative-census-interval",
+    ),
+    pytest.param(
+        {"refresh": {"engine_census_interval_s": 3601}},
+        "refresh.engine_census_interval_s",
+        id="long-census-interval",
     ),
     pytest.param({"log": {"format": "xml"}}, "log.format", id="bad-log-format"),
     pytest.param({"log": {"level": "verbose"}}, "log.level", id="bad-log-level"),

@@ -1,4 +1,4 @@
-"""Pure fleet rules: health, ratios, windows, zero-fill, averages."""
+"""Pure fleet rules: health, ratios, windows, zero-fill, averages, quota, versions, probes."""
 
 from datetime import UTC, datetime, timedelta
 
@@ -9,18 +9,24 @@ from exporter.domain import (
     ENGINE_STATES,
     ActionCategories,
     BootHistogram,
+    EngineGroup,
     EventCategory,
     Health,
     Product,
+    ProductCensus,
     ProductFleet,
     average_ms,
     counts_for_labels,
+    engine_census,
     failed_ratio,
     fleet_health,
     in_rolling_window,
     metrics_view,
+    probe_age_s,
+    quota_from_policy,
     status_counts_for_json,
     status_view,
+    versions_for_labels,
 )
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -140,3 +146,96 @@ def test_configured_actions_outside_the_documented_ones_are_tracked_by_name() ->
     categories = ActionCategories(("boot",), ("destroy",), ("crash",), ("restart",))
     assert {"boot", "crash", "restart", "provision"} <= categories.tracked_actions
     assert categories.categories_of("boot") == (EventCategory.PROVISION,)
+
+
+@pytest.mark.parametrize(
+    ("max_engines", "quota"),
+    [
+        (100, 100),
+        (1, 1),
+        (250.0, 250),
+        (10**12, 10**12),
+        (None, None),
+        (0, None),
+        (-5, None),
+        (12.5, None),
+        ("100", None),
+        (True, None),
+        (False, None),
+        ([100], None),
+        ({"value": 100}, None),
+        (float("inf"), None),
+        (float("nan"), None),
+    ],
+)
+def test_quota_is_a_positive_integer_from_the_policy_or_absent(
+    max_engines: object, quota: int | None
+) -> None:
+    assert quota_from_policy(max_engines) == quota
+
+
+def test_versions_beyond_the_limit_fold_into_other_largest_first() -> None:
+    raw = {"v1": 5, "v2": 9, "v3": 1, "v4": 9, "v5": 2}
+
+    assert versions_for_labels(raw, 2) == {"v2": 9, "v4": 9, "other": 8}
+    assert versions_for_labels(raw, 3) == {"v2": 9, "v4": 9, "v1": 5, "other": 3}
+
+
+def test_ties_at_the_version_limit_go_to_the_lower_name() -> None:
+    assert versions_for_labels({"b": 3, "a": 3, "c": 3}, 2) == {"a": 3, "b": 3, "other": 3}
+
+
+def test_other_is_present_at_zero_when_every_version_fits() -> None:
+    assert versions_for_labels({"v1": 4}, 10) == {"v1": 4, "other": 0}
+    assert versions_for_labels({}, 10) == {"other": 0}
+
+
+def test_a_version_named_other_folds_into_other() -> None:
+    assert versions_for_labels({"other": 2, "v1": 1}, 10) == {"v1": 1, "other": 2}
+
+
+def test_probe_age_is_zero_without_a_probe_and_never_negative() -> None:
+    now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+    assert probe_age_s(None, now) == 0.0
+    assert probe_age_s(now - timedelta(seconds=42.5), now) == 42.5
+    assert probe_age_s(now + timedelta(seconds=3), now) == 0.0
+
+
+def _group(
+    product: str,
+    status: str,
+    version: str,
+    count: int,
+    overdue: int = 0,
+    oldest_probe_at: datetime | None = None,
+) -> EngineGroup:
+    created = datetime(2026, 1, 1, tzinfo=UTC)
+    return EngineGroup(product, status, version, count, created, overdue, oldest_probe_at)
+
+
+def test_census_counts_probes_of_running_engines_only_and_versions_of_all() -> None:
+    now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    groups = [
+        _group("p1", "running", "v1", 5, overdue=2, oldest_probe_at=now - timedelta(seconds=70)),
+        _group("p1", "running", "v2", 3, overdue=1, oldest_probe_at=now - timedelta(seconds=20)),
+        _group("p1", "stopped", "v1", 4, overdue=4, oldest_probe_at=now - timedelta(days=3)),
+        _group("p1", "failed", "v3", 1, overdue=1, oldest_probe_at=None),
+    ]
+
+    census = engine_census(groups, ["p1", "p2"], now, max_versions=10)
+
+    p1 = census.of("p1")
+    assert p1.probe_overdue == 3
+    assert p1.oldest_probe_age_s == 70.0
+    assert dict(p1.engines_by_version) == {"v1": 9, "v2": 3, "v3": 1, "other": 0}
+    assert census.of("p2") == ProductCensus(0, 0.0, {"other": 0})
+    assert census.taken_at == now
+
+
+def test_census_of_running_engines_never_probed_is_overdue_without_an_age() -> None:
+    now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+    census = engine_census([_group("p1", "running", "v1", 2, overdue=2)], ["p1"], now, 10)
+
+    assert (census.of("p1").probe_overdue, census.of("p1").oldest_probe_age_s) == (2, 0.0)

@@ -16,7 +16,14 @@ from types import MappingProxyType
 import pytest
 
 from exporter.catalogue import ExpositionInput, RefreshStats
-from exporter.domain import BootHistogram, EventCategory, FleetSnapshot, Product, ProductFleet
+from exporter.domain import (
+    BootHistogram,
+    EventCategory,
+    FleetSnapshot,
+    Product,
+    ProductCensus,
+    ProductFleet,
+)
 from exporter.exposition import render
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -25,16 +32,23 @@ BOUNDS = (1.0, 2.5, 60.0)
 
 
 def _fleet(
-    slug: str, by_status: dict[str, int], by_action: dict[str, int], boots: BootHistogram
+    slug: str,
+    by_status: dict[str, int],
+    by_action: dict[str, int],
+    boots: BootHistogram,
+    *,
+    quota: int | None = None,
+    census: ProductCensus | None = None,
 ) -> ProductFleet:
     return ProductFleet(
-        product=Product(f"id-{slug}", slug, slug.title(), f"hash-{slug}"),
+        product=Product(f"id-{slug}", slug, slug.title(), f"hash-{slug}", quota),
         engines_by_status=MappingProxyType(by_status),
         oldest_provisioning_age_s=12.5 if by_status.get("provisioning") else 0.0,
         lifetime_by_action=MappingProxyType(by_action),
         last_hour=MappingProxyType(dict.fromkeys(EventCategory, 0)),
         avg_boot_ms=None,
         boot_histogram=boots,
+        census=census or ProductCensus.empty(),
     )
 
 
@@ -44,6 +58,8 @@ def _input() -> ExpositionInput:
         {"running": 7, "failed": 2, "provisioning": 1, "rebooting": 1},
         {"provision": 3, "destroy": 1, "reticulate": 2},
         BootHistogram(BOUNDS, (1, 2, 3, 3), 5.25, 3),
+        quota=12,
+        census=ProductCensus(2, 95.5, MappingProxyType({"2.4.0": 6, "2.3.0": 4, "other": 1})),
     )
     empty = _fleet("zeta", {}, {}, BootHistogram.empty(BOUNDS))
     snapshot = FleetSnapshot(
