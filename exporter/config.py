@@ -190,6 +190,11 @@ class DatabaseSettings:
     def redacted_dsn(self) -> str:
         return redact_dsn(self.dsn)
 
+    @property
+    def password(self) -> str | None:
+        password = parse_dsn(self.dsn).get("password")
+        return password if isinstance(password, str) and password else None
+
 
 @dataclass(frozen=True, slots=True)
 class ListenSettings:
@@ -263,6 +268,12 @@ class Settings:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     prometheus: PrometheusSettings = field(default_factory=PrometheusSettings)
     log: LogSettings = field(default_factory=LogSettings)
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """What the log must never show: the DSN password and the scrape bearer token."""
+        known = (self.database.password, self.prometheus.bearer_token)
+        return tuple(secret for secret in known if secret)
 
 
 _SECTIONS: dict[str, type[Any]] = get_type_hints(Settings)

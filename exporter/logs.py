@@ -4,13 +4,20 @@ The service logs through ``log_event(logger, level, "refresh_ok", duration_s=0.1
 ``logger.info("...")`` records from libraries (aiohttp) come out in the same shape with the
 message as the event. Newlines in values and tracebacks are escaped, so a line-oriented log
 collector never splits one event into several.
+
+Secrets are kept out of the log by not logging them; as a second line of defence every line
+passes a ``Redactor`` that masks the secrets the service knows (the bearer token, the DSN
+password) and anything shaped like a credential (platform keys, ``Authorization`` values,
+passwords in connection strings).
 """
 
 import json
 import logging
 import math
+import re
 import sys
 import time
+from collections.abc import Iterable
 from typing import TextIO
 
 from exporter.config import LogSettings
@@ -66,12 +73,38 @@ def _text_value(value: object) -> str:
     return _one_line_json(text)
 
 
+MASK = "***"
+_CREDENTIAL_SHAPES = (
+    re.compile(r"(pk-sept-)[^\s\"'\\,;]+"),
+    re.compile(r"(?i)(x-platform-key\s*[:=]\s*)[^\s\"'\\,;]+"),
+    re.compile(r"(?i)(\b(?:bearer|basic)\s+)[^\s\"'\\,;]+"),
+    re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:@/\s\"']*:)[^@/\s\"']*(?=@)"),
+    re.compile(r"(?i)(\bpassword\s*[=:]\s*)(?:'[^']*'?|[^\s\"'\\,;&]+)"),
+)
+
+
+class Redactor:
+    """Masks known secrets, and text shaped like a credential, in a rendered line."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        # Longest first, so that a secret containing another is masked whole.
+        self._secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+
+    def __call__(self, line: str) -> str:
+        for secret in self._secrets:
+            line = line.replace(secret, MASK)
+        for shape in _CREDENTIAL_SHAPES:
+            line = shape.sub(rf"\g<1>{MASK}", line)
+        return line
+
+
 class OneLineFormatter(logging.Formatter):
     """Renders a record as one ``text`` or ``json`` line; see the module docstring."""
 
-    def __init__(self, log_format: str) -> None:
+    def __init__(self, log_format: str, redactor: Redactor | None = None) -> None:
         super().__init__()
         self._json = log_format == "json"
+        self._redact = redactor or Redactor()
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, object] = {
@@ -90,9 +123,10 @@ class OneLineFormatter(logging.Formatter):
         if record.stack_info:
             line["stack"] = self.formatStack(record.stack_info)
         if self._json:
-            return _one_line_json(line)
+            return self._redact(_one_line_json(line))
         head = " ".join(_text_value(line.pop(key)) for key in ("ts", "level", "logger", "event"))
-        return "".join([head, *(f" {key}={_text_value(value)}" for key, value in line.items())])
+        rest = (f" {key}={_text_value(value)}" for key, value in line.items())
+        return self._redact("".join([head, *rest]))
 
 
 class _LineHandler(logging.Handler):
@@ -115,13 +149,16 @@ class _LineHandler(logging.Handler):
             self.handleError(record)
 
 
-def configure_logging(settings: LogSettings, stream: TextIO | None = None) -> None:
-    """Route the service's and aiohttp's records to ``stream`` (default stderr), one line each.
+def configure_logging(
+    settings: LogSettings, stream: TextIO | None = None, *, secrets: Iterable[str] = ()
+) -> None:
+    """Route the service's and aiohttp's records to ``stream`` (default stderr), one line each,
+    with ``secrets`` masked wherever they would appear.
 
     Calling it again replaces the handler it installed earlier instead of adding another.
     """
     handler = _LineHandler(stream)
-    handler.setFormatter(OneLineFormatter(settings.format))
+    handler.setFormatter(OneLineFormatter(settings.format, Redactor(secrets)))
     level = logging.getLevelNamesMapping()[settings.level.upper()]
     for name in LOGGER_NAMES:
         logger = logging.getLogger(name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -9,12 +10,17 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
+import aiohttp
 import psycopg2
 import pytest
 from psycopg2 import sql
 
+from exporter.logs import OneLineFormatter
 from exporter.pgcluster import EmbeddedPostgres, PostgresNotFound, apply_schema
+from tests.support import canary
 from tests.support.db import FleetDatabase
 
 
@@ -53,6 +59,53 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     """A run stopped with SIGTERM (a CI timeout, ``timeout``) exits through the interpreter's
     exit path, so the throwaway PostgreSQL servers are stopped and removed, not left behind."""
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
+class _CanaryLogHandler(logging.Handler):
+    """Every record any logger of the test process emits, as the service would write it."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(OneLineFormatter("text"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        canary.observe(f"log of {record.name}", self.format(record))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def secret_canary() -> Iterator[None]:
+    """The session-wide check that no secret the suite used reached a log or a response body
+    (see tests/support/canary.py)."""
+    handler = _CanaryLogHandler()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    yield
+    root.removeHandler(handler)
+    secrets, outputs = canary.SESSION.counts()
+    leaks = canary.SESSION.leaks()
+    assert not leaks, (
+        f"{len(leaks)} of {outputs} outputs leak one of {secrets} secrets:\n" + "\n".join(leaks)
+    )
+
+
+async def _observe_chunk(
+    session: aiohttp.ClientSession, context: SimpleNamespace, params: Any
+) -> None:
+    canary.observe(f"{params.method} {params.url}", params.chunk)
+
+
+@pytest.fixture
+def aiohttp_client(aiohttp_client: Any) -> Any:
+    """pytest-aiohttp's client factory, with every response body it reads kept for the
+    secret canary."""
+
+    async def factory(app: Any, **kwargs: Any) -> Any:
+        tracing = aiohttp.TraceConfig()
+        tracing.on_response_chunk_received.append(_observe_chunk)
+        kwargs["trace_configs"] = [*kwargs.get("trace_configs", []), tracing]
+        return await aiohttp_client(app, **kwargs)
+
+    return factory
 
 
 @pytest.fixture(scope="session")

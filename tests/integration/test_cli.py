@@ -16,6 +16,7 @@ from typing import Any
 
 import psycopg2
 
+from tests.support import canary
 from tests.support.db import execute, exporter_sessions, insert_product
 from tests.support.service import free_port, http_get, poll_until
 
@@ -117,6 +118,7 @@ def _serving(config: Path, port: int) -> Iterator[tuple[subprocess.Popen[str], l
                 process.kill()
             _, stderr = process.communicate(timeout=10)
             logs.extend(stderr.splitlines())
+            canary.observe("fleet-exporter serve log", stderr)
 
 
 def test_serve_finishes_in_flight_requests_and_exits_cleanly_on_sigterm(

@@ -21,6 +21,7 @@ from exporter.api import REFRESHER
 from exporter.app import create_app
 from exporter.catalogue import FAMILIES
 from exporter.domain import DOCUMENTED_ACTIONS, ENGINE_STATES
+from tests.support import canary
 from tests.support.db import execute, insert_audit, insert_engine, insert_product
 from tests.support.service import make_settings
 
@@ -188,7 +189,7 @@ async def test_bearer_token_is_required_when_configured(
     aiohttp_client: ClientFactory, fleet: dict[str, Any], tmp_path: Path
 ) -> None:
     token_file = tmp_path / "token"
-    token_file.write_text("s3cret-token\n")
+    token_file.write_text(canary.secret("s3cret-token") + "\n")
     client = await _client(
         aiohttp_client, fleet["dsn"], prometheus={"bearer_token_file": str(token_file)}
     )

@@ -13,6 +13,7 @@ import psycopg2
 from psycopg2.extras import Json, execute_values
 
 from exporter.db import APPLICATION_NAME
+from tests.support import canary
 
 Params = Mapping[str, object] | tuple[object, ...] | None
 DEFAULT_POLICY = {"max_engines": 1000, "rate_limit_rpm": 600}
@@ -75,6 +76,7 @@ def insert_product(
     product_id: str | None = None,
     policy: object = DEFAULT_POLICY,
 ) -> str:
+    canary.secret(api_key)
     product_id = product_id or str(uuid.uuid4())
     execute(
         dsn,

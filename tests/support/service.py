@@ -10,6 +10,7 @@ from typing import Any
 from exporter import loopback
 from exporter.config import Settings, settings_from_mapping
 from exporter.loopback import free_port, poll_until
+from tests.support import canary
 
 __all__ = ["QUIET_INTERVAL_S", "free_port", "http_get", "make_settings", "poll_until", "wait_until"]
 
@@ -46,4 +47,5 @@ def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, byte
     """A blocking GET for tests that talk to real processes: (status, body); (0, b"") when
     nothing answers."""
     status, _, body = loopback.http_get(url, headers, timeout_s=20)
+    canary.observe(f"GET {url}", body)
     return status, body

@@ -196,3 +196,27 @@ def test_without_a_stream_lines_go_to_stderr(capsys: pytest.CaptureFixture[str])
     log_event(refresher, logging.INFO, "refresh_ok", products=2)
 
     assert capsys.readouterr().err.endswith(" info exporter.refresher refresh_ok products=2\n")
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_redaction_masks_known_secrets_and_credential_shapes(log_format: str) -> None:
+    stream = io.StringIO()
+    configure_logging(LogSettings(format=log_format), stream, secrets=["sekrit-token-xyz"])
+    log_event(
+        refresher,
+        logging.INFO,
+        "leaky",
+        token="sekrit-token-xyz",
+        key="pk-sept-acme-0123456789",
+        header="X-Platform-Key: anything-at-all",
+        auth="Authorization: Bearer abc.def",
+        basic="basic dXNlcjpwYXNz",
+        dsn="postgresql://u:hunter2@db/x",
+        keyword="host=db password=hunter2",
+    )
+    line = stream.getvalue()
+    for secret in ("sekrit-token-xyz", "0123456789", "anything-at-all", "abc.def"):
+        assert secret not in line
+    assert "dXNlcjpwYXNz" not in line
+    assert "hunter2" not in line
+    assert line.count("***") == 7
