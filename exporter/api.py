@@ -30,12 +30,8 @@ from exporter.errors import (
     method_not_allowed,
     not_found,
 )
-from exporter.exposition import (
-    OPENMETRICS_CONTENT_TYPE,
-    TEXT_CONTENT_TYPE,
-    wants_gzip,
-    wants_openmetrics,
-)
+from exporter.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
+from exporter.negotiation import accepts_gzip, choose_exposition, parse_credentials
 from exporter.openapi import openapi_document
 from exporter.queries import EnginePosition, EngineRecord, fetch_engines_page
 from exporter.refresher import Published, Refresher
@@ -46,7 +42,10 @@ DATABASE = web.AppKey("database", Database)
 REFRESHER = web.AppKey("refresher", Refresher)
 
 PLATFORM_KEY_HEADER = "X-Platform-Key"
-MAX_PLATFORM_KEY_LENGTH = 512
+#: The longest header value the edge lets through; a longer key never reaches a handler.
+MAX_PLATFORM_KEY_LENGTH = 8192
+#: Answers differ per platform key: no shared cache may keep them, none may mix them up.
+PER_PRODUCT_HEADERS = {"Vary": PLATFORM_KEY_HEADER}
 LIMIT_RANGE = (1, 1000)
 MAX_OFFSET = 2**31 - 1
 _DIGITS = re.compile(r"[0-9]{1,10}")
@@ -64,7 +63,10 @@ def _authenticate(request: web.Request, published: Published) -> ProductFleet:
 
     Unknown keys never reach the database: the key index comes from the last refresh.
     """
-    key = request.headers.get(PLATFORM_KEY_HEADER, "")
+    keys = request.headers.getall(PLATFORM_KEY_HEADER, ())
+    if len(keys) != 1:
+        raise invalid_platform_key()
+    key = keys[0]
     if not key or len(key) > MAX_PLATFORM_KEY_LENGTH:
         raise invalid_platform_key()
     digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
@@ -159,7 +161,7 @@ async def list_engines(request: web.Request) -> web.Response:
         raise ApiError(
             503, "DATABASE_UNAVAILABLE", "The fleet database is not answering; try again shortly."
         ) from error
-    headers = {}
+    headers = {**PER_PRODUCT_HEADERS, "Cache-Control": "private, max-age=0"}
     if len(page.engines) == limit:
         last = page.engines[-1]
         query = {
@@ -196,7 +198,8 @@ def _snapshot_body(
         headers={
             "Content-Type": JSON_CONTENT_TYPE,
             "Last-Modified": views.last_modified,
-            "Cache-Control": f"max-age={max_age}",
+            "Cache-Control": f"private, max-age={max_age}",
+            **PER_PRODUCT_HEADERS,
         },
     )
 
@@ -209,19 +212,26 @@ async def fleet_metrics(request: web.Request) -> web.Response:
     return _snapshot_body(request, lambda views: views.metrics)
 
 
+def _check_bearer_token(request: web.Request, token: str) -> None:
+    """One ``Authorization`` header, scheme ``Bearer`` in any case, and exactly the token."""
+    supplied = request.headers.getall("Authorization", ())
+    credentials = parse_credentials(supplied[0]) if len(supplied) == 1 else None
+    given = credentials[1] if credentials and credentials[0] == "bearer" else ""
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        raise ApiError(
+            401,
+            "UNAUTHORIZED",
+            "A valid bearer token is required for this endpoint.",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
 async def prometheus(request: web.Request) -> web.Response:
     token = request.app[SETTINGS].prometheus.bearer_token
     if token is not None:
-        supplied = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(supplied.encode(), f"Bearer {token}".encode()):
-            raise ApiError(
-                401,
-                "UNAUTHORIZED",
-                "A valid bearer token is required for this endpoint.",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+        _check_bearer_token(request, token)
     refresher = request.app[REFRESHER]
-    openmetrics = wants_openmetrics(request.headers.get("Accept", ""))
+    openmetrics = choose_exposition(request.headers.get("Accept", "")) == "openmetrics"
     body = refresher.published.exposition.body(
         openmetrics=openmetrics, include_fleet=not refresher.is_stale()
     )
@@ -229,7 +239,7 @@ async def prometheus(request: web.Request) -> web.Response:
         "Content-Type": OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE,
         "Vary": "Accept, Accept-Encoding",
     }
-    if wants_gzip(request.headers.get("Accept-Encoding", "")):
+    if accepts_gzip(request.headers.get("Accept-Encoding", "")):
         headers["Content-Encoding"] = "gzip"
         return web.Response(body=body.gzipped, headers=headers)
     return web.Response(body=body.plain, headers=headers)

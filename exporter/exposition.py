@@ -103,29 +103,3 @@ def render(data: ExpositionInput) -> RenderedExposition:
     text, openmetrics = _render(data, include_fleet=data.snapshot is not None)
     text_self, openmetrics_self = _render(data, include_fleet=False)
     return RenderedExposition(text, openmetrics, text_self, openmetrics_self)
-
-
-def wants_openmetrics(accept: str) -> bool:
-    """Prometheus asks for OpenMetrics first in its Accept header; anything else gets text."""
-    for part in accept.split(","):
-        media_type, *params = (piece.strip() for piece in part.split(";"))
-        if media_type != "application/openmetrics-text":
-            continue
-        quality = next((p[2:] for p in params if p.startswith("q=")), "1")
-        version = next((p[8:] for p in params if p.startswith("version=")), "1.0.0")
-        try:
-            accepted = float(quality) > 0
-        except ValueError:
-            accepted = False
-        if accepted and version in ("1.0.0", "0.0.1"):
-            return True
-    return False
-
-
-def wants_gzip(accept_encoding: str) -> bool:
-    for part in accept_encoding.split(","):
-        coding, *params = (piece.strip() for piece in part.split(";"))
-        if coding.lower() != "gzip":
-            continue
-        return not any(p.replace(" ", "") in ("q=0", "q=0.0", "q=0.00", "q=0.000") for p in params)
-    return False

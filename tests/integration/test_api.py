@@ -17,6 +17,7 @@ import psycopg2
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from multidict import CIMultiDict
 from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import validate
 
@@ -24,11 +25,12 @@ from exporter.api import REFRESHER
 from exporter.app import create_app
 from exporter.domain import ENGINE_STATES
 from exporter.openapi import openapi_document
+from tests.support import canary
 from tests.support.db import execute, fetch_value, insert_audit, insert_engine, insert_product
 from tests.support.service import make_settings, wait_until
 
-ACME_KEY = "pk-sept-acme-" + "a" * 40
-GLOBEX_KEY = "pk-sept-globex-" + "b" * 40
+ACME_KEY = canary.secret("pk-sept-acme-" + "a" * 40)
+GLOBEX_KEY = canary.secret("pk-sept-globex-" + "b" * 40)
 ClientFactory = Any
 
 
@@ -193,8 +195,31 @@ async def test_snapshot_answers_carry_last_modified_and_cache_control(
         assert response.headers["Last-Modified"].endswith(" GMT")
         modified = parsedate_to_datetime(response.headers["Last-Modified"])
         assert modified == snapshot.taken_at.replace(microsecond=0)
-        max_age = int(response.headers["Cache-Control"].removeprefix("max-age="))
+        max_age = int(response.headers["Cache-Control"].removeprefix("private, max-age="))
         assert 0 <= max_age <= 30
+        assert response.headers["Vary"] == "X-Platform-Key"
+
+
+async def test_engines_pages_are_private_to_the_key(
+    aiohttp_client: ClientFactory, two_products: dict[str, Any]
+) -> None:
+    client = await _start(aiohttp_client, two_products["dsn"])
+    response = await client.get("/engines", headers={"X-Platform-Key": ACME_KEY})
+    assert response.status == 200
+    assert response.headers["Cache-Control"] == "private, max-age=0"
+    assert response.headers["Vary"] == "X-Platform-Key"
+
+
+@pytest.mark.parametrize("path", ["/engines", "/status", "/metrics"])
+async def test_a_repeated_platform_key_header_is_refused_even_when_both_are_valid(
+    aiohttp_client: ClientFactory, two_products: dict[str, Any], path: str
+) -> None:
+    client = await _start(aiohttp_client, two_products["dsn"])
+    for keys in ([ACME_KEY, ACME_KEY], [ACME_KEY, GLOBEX_KEY]):
+        headers = CIMultiDict([("X-Platform-Key", key) for key in keys])
+        response = await client.get(path, headers=headers)
+        assert response.status == 401
+        assert (await response.json())["error"]["code"] == "INVALID_PLATFORM_KEY"
 
 
 async def test_engines_lists_the_callers_engines_in_creation_order(
