@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from pathlib import Path
-
-from aiohttp import web
 
 from exporter import __version__, queries
 from exporter.app import create_app
 from exporter.config import ConfigError, Settings, load_settings
 from exporter.db import Database, DatabaseUnavailable
+from exporter.edge import serving
 from exporter.logs import configure_logging, log_event
 
 logger = logging.getLogger("exporter.cli")
@@ -30,8 +30,17 @@ def _load(path: Path) -> Settings | None:
         return None
 
 
+async def _serve_until_signalled(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with serving(create_app(settings), settings, shutdown_timeout_s=SHUTDOWN_TIMEOUT_S):
+        await stop.wait()
+
+
 def serve(settings: Settings) -> int:
-    configure_logging(settings.log)
+    configure_logging(settings.log, secrets=settings.secrets)
     log_event(
         logger,
         logging.INFO,
@@ -41,14 +50,7 @@ def serve(settings: Settings) -> int:
         database=settings.database.redacted_dsn,
         refresh_interval_s=settings.refresh.interval_s,
     )
-    web.run_app(
-        create_app(settings),
-        host=settings.listen.host,
-        port=settings.listen.port,
-        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
-        access_log=logging.getLogger("aiohttp.access") if settings.log.level == "debug" else None,
-        print=None,
-    )
+    asyncio.run(_serve_until_signalled(settings))
     log_event(logger, logging.INFO, "stopped")
     return 0
 

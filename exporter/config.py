@@ -200,6 +200,9 @@ class DatabaseSettings:
 class ListenSettings:
     host: str = field(default="0.0.0.0", metadata=_rule(_text))
     port: int = field(default=9480, metadata=_rule(_integer(0, 65535)))
+    header_timeout_s: float = field(default=10.0, metadata=_rule(_number(above=0, at_most=600)))
+    keepalive_timeout_s: float = field(default=75.0, metadata=_rule(_number(above=0, at_most=3600)))
+    max_connections: int = field(default=1024, metadata=_rule(_integer(1, 1_000_000)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,12 +13,11 @@ import logging
 import signal
 import sys
 
-from aiohttp import web
-
 from exporter.app import create_app
 from exporter.config import Settings, settings_from_mapping
 from exporter.demo.seed import DemoProduct, seed_demo
 from exporter.demo.simulator import FleetSimulator
+from exporter.edge import serving
 from exporter.logs import configure_logging, log_event
 from exporter.pgcluster import EmbeddedPostgres, PostgresNotFound, apply_schema
 
@@ -91,11 +90,7 @@ async def _serve_demo(dsn: str, host: str, port: int, engines: int, incident: st
     _install_stop_signals(stop)
     products = await seed_demo(dsn, engines=engines)
     settings = demo_settings(dsn, host, port)
-    runner = web.AppRunner(create_app(settings), handle_signals=False, access_log=None)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port, shutdown_timeout=2.0)
-        await site.start()
+    async with serving(create_app(settings), settings, shutdown_timeout_s=2.0):
         simulator = FleetSimulator(dsn, products=products)
         if incident:
             simulator.start_incident(incident)
@@ -103,8 +98,6 @@ async def _serve_demo(dsn: str, host: str, port: int, engines: int, incident: st
         _print_banner(host, port, products)
         await stop.wait()
         await simulation
-    finally:
-        await runner.cleanup()
 
 
 def run_demo(*, port: int, host: str, engines: int, dsn: str | None, incident: str | None) -> int:

@@ -1,0 +1,331 @@
+"""The HTTP edge: the listening socket, the parser limits, and the answers given before routing.
+
+aiohttp's request handler (one per connection) answers what its parser rejects with a text
+body that quotes the offending bytes, and logs each at ``error`` with a traceback. The edge
+subclasses it through its documented parts (``handle_error``, the protocol callbacks) and
+builds the connections from its own ``web.Server``, fed with the application's request
+handler and factory, so that:
+
+* a request the parser rejects gets the JSON envelope (400, 414, 431), nothing of it echoed,
+  and one ``info`` line per kind per ``REJECTION_LOG_INTERVAL_S`` with a count;
+* an error aiohttp raises around the routes (an ``Expect`` it does not know, a target no
+  route can match) is answered in the envelope too;
+* a request head must be complete ``header_timeout_s`` after its first byte (or after the
+  connection opened), an idle connection is closed after ``keepalive_timeout_s``, and at most
+  ``max_connections`` are open at once: beyond it a new connection is closed at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from ssl import SSLContext
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
+from aiohttp.web_protocol import RequestHandler
+
+from exporter.config import ListenSettings, Settings
+from exporter.errors import ApiError, error_response
+from exporter.logs import log_event
+
+logger = logging.getLogger("exporter.http")
+
+#: Longest request line (method, target, version): a longer URL is ``414 URI_TOO_LONG``.
+MAX_REQUEST_LINE = 8192
+#: Longest header value: platform keys and tokens up to 8 KiB reach the handlers.
+MAX_HEADER_VALUE = 8192
+#: Allowance for a header's name and separator, so that an 8 KiB value fits either parser
+#: (the C parser bounds the value, the pure-Python one the whole line).
+_HEADER_NAME_ALLOWANCE = 64
+MAX_HEADERS = 100
+REJECTION_LOG_INTERVAL_S = 10.0
+
+Clock = Callable[[], float]
+
+
+@dataclass(slots=True)
+class RateLimitedCounts:
+    """Counts events per kind and says when a line may be logged: the first of a kind at
+    once, then at most one per ``interval_s``, carrying how many happened since the last."""
+
+    interval_s: float
+    clock: Clock = time.monotonic
+    _pending: dict[str, int] = field(default_factory=dict)
+    _last_logged: dict[str, float] = field(default_factory=dict)
+
+    def count(self, kind: str) -> int | None:
+        """Record one event of ``kind``; the count to log now, or None to stay quiet."""
+        pending = self._pending.get(kind, 0) + 1
+        now = self.clock()
+        last = self._last_logged.get(kind)
+        if last is not None and now - last < self.interval_s:
+            self._pending[kind] = pending
+            return None
+        self._pending[kind] = 0
+        self._last_logged[kind] = now
+        return pending
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    status: int
+    code: str
+    message: str
+    kind: str
+
+
+def classify_rejection(error: BaseException | None) -> Rejection:
+    """The answer to a request the HTTP parser refused: status, code, a fixed message that
+    quotes nothing of the input, and the kind it is counted under in the log."""
+    kind = type(error).__name__ if error is not None else "unknown"
+    if isinstance(error, LineTooLong):
+        limit = error.args[1] if len(error.args) > 1 else None
+        if limit == MAX_REQUEST_LINE:
+            return Rejection(414, "URI_TOO_LONG", "The request line is too long.", kind)
+        return Rejection(
+            431,
+            "HEADERS_TOO_LARGE",
+            f"A request header is longer than {MAX_HEADER_VALUE} bytes.",
+            kind,
+        )
+    if isinstance(error, BadHttpMessage) and error.message.startswith("Too many headers"):
+        return Rejection(
+            431, "HEADERS_TOO_LARGE", f"More than {MAX_HEADERS} request headers.", "TooManyHeaders"
+        )
+    return Rejection(400, "BAD_REQUEST", "The request is not valid HTTP/1.1.", kind)
+
+
+_HTTP_ERROR_CODES = {
+    404: ("NOT_FOUND", "No such endpoint."),
+    405: ("METHOD_NOT_ALLOWED", "Method not allowed on this endpoint."),
+    417: ("EXPECTATION_FAILED", "Only 'Expect: 100-continue' is supported."),
+}
+
+
+def _http_exception_answer(error: web.HTTPException) -> web.Response:
+    code, message = _HTTP_ERROR_CODES.get(
+        error.status, (HTTPStatus(error.status).name, HTTPStatus(error.status).phrase + ".")
+    )
+    return error_response(ApiError(error.status, code, message))
+
+
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+
+class EdgeProtocol(RequestHandler):
+    """One connection: aiohttp's request handler with the edge's error answers and head timer."""
+
+    def __init__(self, edge: EdgeServer, **kwargs: Any) -> None:
+        super().__init__(edge, **kwargs)
+        self._edge = edge
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_tail = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._disarm_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if data:
+            self._track_head(data)
+        super().data_received(data)
+
+    def _track_head(self, data: bytes) -> None:
+        """Arm the timer when a head starts, disarm it when its blank line arrives."""
+        if self._head_timer is None:
+            self._arm_head_timer()
+        seen = self._head_tail + data
+        end = max(seen.rfind(b"\r\n\r\n") + 4, seen.rfind(b"\n\n") + 2)
+        if end >= 2:
+            self._disarm_head_timer()
+            if end < len(seen):
+                self._arm_head_timer()
+        self._head_tail = seen[-3:]
+
+    def _arm_head_timer(self) -> None:
+        self._disarm_head_timer()
+        loop = asyncio.get_running_loop()
+        self._head_timer = loop.call_later(self._edge.listen.header_timeout_s, self._head_expired)
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_expired(self) -> None:
+        self._head_timer = None
+        self._edge.note("request_head_timeout", "HeaderTimeout")
+        self.force_close()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """The parser's rejections, answered in the envelope; nothing of the input is used."""
+        if request.writer.output_size > 0:
+            raise ConnectionError("a response is already on its way; the connection is cut")
+        if status >= 500 and not isinstance(exc, HttpProcessingError):
+            log_event(
+                logger,
+                logging.ERROR,
+                "request_failed",
+                error=type(exc).__name__ if exc is not None else None,
+                exc_info=exc,
+            )
+            response = error_response(ApiError(500, "INTERNAL_ERROR", "Internal error."))
+        else:
+            rejection = classify_rejection(exc)
+            self._edge.note("request_rejected", rejection.kind, status=rejection.status)
+            response = error_response(ApiError(rejection.status, rejection.code, rejection.message))
+        response.force_close()
+        return response
+
+
+class EdgeServer(web.Server):
+    """The connection factory of the edge: the application's handler behind the guard."""
+
+    def __init__(self, app_server: web.Server, listen: ListenSettings, **kwargs: Any) -> None:
+        super().__init__(
+            self._guarded(app_server.request_handler),
+            request_factory=app_server.request_factory,
+            **kwargs,
+        )
+        self.listen = listen
+        self._protocol_kwargs = kwargs
+        self._open: set[RequestHandler] = set()
+        self._rejections = RateLimitedCounts(REJECTION_LOG_INTERVAL_S)
+
+    @staticmethod
+    def _guarded(handler: Handler) -> Handler:
+        async def answer(request: web.BaseRequest) -> web.StreamResponse:
+            try:
+                return await handler(request)
+            except web.HTTPException as error:
+                return _http_exception_answer(error)
+
+        return answer
+
+    def note(self, event: str, kind: str, *, status: int | None = None) -> None:
+        """Log a client mistake at info, at most once per kind per interval, with a count."""
+        count = self._rejections.count(kind)
+        if count is not None:
+            log_event(logger, logging.INFO, event, kind=kind, status=status, count=count)
+
+    def __call__(self) -> EdgeProtocol:
+        return EdgeProtocol(self, loop=asyncio.get_running_loop(), **self._protocol_kwargs)
+
+    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
+        super().connection_made(handler, transport)
+        if len(self._open) >= self.listen.max_connections:
+            self.note("connection_refused", "TooManyConnections")
+            transport.close()
+            return
+        self._open.add(handler)
+
+    def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
+        self._open.discard(handler)
+        super().connection_lost(handler, exc)
+
+
+def edge_server(app_server: web.Server, listen: ListenSettings, *, access_log: bool) -> EdgeServer:
+    return EdgeServer(
+        app_server,
+        listen,
+        keepalive_timeout=listen.keepalive_timeout_s,
+        max_line_size=MAX_REQUEST_LINE,
+        max_field_size=MAX_HEADER_VALUE + _HEADER_NAME_ALLOWANCE,
+        max_headers=MAX_HEADERS,
+        access_log=logging.getLogger("aiohttp.access") if access_log else None,
+    )
+
+
+class EdgeSite(web.BaseSite):
+    """A TCP site whose connections come from an ``EdgeServer``; stopping it stops listening,
+    lets in-flight requests finish (up to the runner's shutdown timeout) and closes the rest."""
+
+    __slots__ = ("_bound_port", "_edge", "_host", "_port", "_shutdown_timeout_s")
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        edge: EdgeServer,
+        host: str,
+        port: int,
+        *,
+        shutdown_timeout_s: float,
+        ssl_context: SSLContext | None = None,
+    ) -> None:
+        super().__init__(runner, ssl_context=ssl_context)
+        self._edge = edge
+        self._host = host
+        self._port = port
+        self._shutdown_timeout_s = shutdown_timeout_s
+        self._bound_port = port
+
+    @property
+    def name(self) -> str:
+        scheme = "https" if self._ssl_context else "http"
+        return f"{scheme}://{self._host}:{self.port}"
+
+    @property
+    def port(self) -> int:
+        """The port listened on (the one picked when ``listen.port`` is 0)."""
+        return self._bound_port
+
+    async def start(self) -> None:
+        await super().start()
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            self._edge, self._host, self._port, ssl=self._ssl_context, reuse_address=True
+        )
+        self._server = server
+        self._bound_port = server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        await super().stop()
+        await asyncio.sleep(0)
+        self._edge.pre_shutdown()
+        await self._edge.shutdown(self._shutdown_timeout_s)
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    app: web.Application,
+    settings: Settings,
+    *,
+    shutdown_timeout_s: float,
+    ssl_context: SSLContext | None = None,
+) -> AsyncIterator[EdgeSite]:
+    """Run ``app`` behind the edge on ``settings.listen`` until the block exits; then stop
+    listening, finish in-flight requests and run the app's cleanup."""
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    try:
+        assert runner.server is not None, "set up above"
+        edge = edge_server(runner.server, settings.listen, access_log=settings.log.level == "debug")
+        site = EdgeSite(
+            runner,
+            edge,
+            settings.listen.host,
+            settings.listen.port,
+            shutdown_timeout_s=shutdown_timeout_s,
+            ssl_context=ssl_context,
+        )
+        await site.start()
+        yield site
+    finally:
+        await runner.cleanup()
