@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from multidict import CIMultiDict
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
@@ -199,6 +200,12 @@ async def test_bearer_token_is_required_when_configured(
         assert (await response.json())["error"]["code"] == "UNAUTHORIZED"
     response = await client.get("/prometheus", headers={"Authorization": "Bearer s3cret-token"})
     assert response.status == 200
+    response = await client.get("/prometheus", headers={"Authorization": "bEARER  s3cret-token"})
+    assert response.status == 200
+    twice = CIMultiDict([("Authorization", "Bearer s3cret-token")] * 2)
+    response = await client.get("/prometheus", headers=twice)
+    assert response.status == 401
+    assert (await response.json())["error"]["code"] == "UNAUTHORIZED"
 
 
 async def test_promtool_lints_the_real_text_exposition_clean(
