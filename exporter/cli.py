@@ -133,8 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--incident",
-        metavar="SLUG",
-        help="start with a burst of failures in this demo product (acme, globex, initech)",
+        metavar="NAME",
+        help="start with an incident: a demo product (acme, globex, initech) for a burst of"
+        " failures there, or health-loop to stop probing acme's engines",
     )
     return parser
 

@@ -36,6 +36,10 @@ ALLOWED_TRANSITIONS: frozenset[tuple[str, str]] = frozenset(
 
 ENGINE_VERSION = "september-engine:2.3.0"
 PREVIOUS_ENGINE_VERSION = "september-engine:2.2.1"
+ROLLOUT_ENGINE_VERSION = "september-engine:2.4.0"
+"""Being rolled out: every new provision boots it, so its share of the fleet grows."""
+HEALTH_LOOP_INCIDENT = "health-loop"
+"""The incident that stops the health loop probing the first product's engines."""
 MAX_RESTART_ATTEMPTS = 8
 RESTART_BACKOFF_FIRST_S = 5.0
 RESTART_BACKOFF_CAP_S = 300.0
@@ -324,8 +328,10 @@ class FleetModel:
         self._rng = rng
         self._engines: dict[str, SimEngine] = {}
         self._targets: dict[str, int] | None = None
+        self._quotas: Mapping[str, int] = {}
         self._pending_incidents: dict[str, float] = {}
         self._incident_ids: set[str] = set()
+        self._unprobed_product_ids: set[str] = set()
         self.clock_s = 0.0
 
     @property
@@ -344,14 +350,18 @@ class FleetModel:
         engines: Iterable[LoadedEngine],
         progress: Mapping[str, RestartProgress],
         now: datetime,
+        *,
+        quotas: Mapping[str, int] | None = None,
     ) -> None:
         """Replace the picture with the database's, resuming whatever was in flight.
 
         Boots finish after the rest of a fresh boot time; crash episodes resume at their
         attempt count; engines that gave up (or whose history is unknown) wait for cleanup.
-        The population seen at the first load is the size the fleet is kept around.
+        The population seen at the first load is the size the fleet is kept around; a
+        product at its quota (``max_engines`` by product id) gets no provision, as upstream.
         """
         rng, rates = self._rng, self._rates
+        self._quotas = dict(quotas or {})
         loaded: dict[str, SimEngine] = {}
         for row in engines:
             product = self._by_id.get(row.product_id)
@@ -392,14 +402,33 @@ class FleetModel:
             for engine in loaded.values():
                 self._targets[engine.product.product_id] += 1
 
-    def start_incident(self, slug: str, *, failed_fraction: float = 0.4) -> None:
-        """On the next step, ``failed_fraction`` of the product's running engines crash."""
-        if slug not in {p.slug for p in self._products}:
-            known = ", ".join(p.slug for p in self._products)
-            raise ValueError(f"unknown product {slug!r}; known products: {known}")
+    def start_incident(self, name: str, *, failed_fraction: float = 0.4) -> None:
+        """Start the incident ``name``: a product's slug makes ``failed_fraction`` of that
+        product's running engines crash on the next step; ``health-loop`` stops probing the
+        first product's engines (``stall_health_loop``)."""
+        if name == HEALTH_LOOP_INCIDENT:
+            self.stall_health_loop(self._products[0].slug)
+            return
+        self._product(name)
         if not 0 < failed_fraction <= 1:
             raise ValueError("failed_fraction must be in (0, 1]")
-        self._pending_incidents[slug] = failed_fraction
+        self._pending_incidents[name] = failed_fraction
+
+    def stall_health_loop(self, slug: str) -> None:
+        """From the next step on, the health loop skips the product: its running engines are
+        no longer probed (``last_health_at`` stops moving) and their crashes go unnoticed,
+        as when the orchestrator's loop task dies."""
+        self._unprobed_product_ids.add(self._product(slug).product_id)
+
+    def _product(self, slug: str) -> DemoProduct:
+        for product in self._products:
+            if product.slug == slug:
+                return product
+        known = ", ".join(p.slug for p in self._products)
+        raise ValueError(
+            f"unknown incident {slug!r}; known: {known} (a burst of failures in that product)"
+            f" or {HEALTH_LOOP_INCIDENT}"
+        )
 
     def step(self, dt_s: float, now: datetime) -> list[Write]:
         """Advance ``dt_s`` simulated seconds; rows are stamped with ``now``."""
@@ -531,7 +560,7 @@ class FleetModel:
             "provision",
             engine.created_at,
             actor=actor,
-            metadata={"engine_version": ENGINE_VERSION},
+            metadata={"engine_version": ROLLOUT_ENGINE_VERSION},
             duration_ms=engine.boot_ms,
         )
         return self._transition(
@@ -576,6 +605,8 @@ class FleetModel:
                 sleep = crash + rates.sleep_per_engine_per_s * dt_s
                 stop = sleep + rates.stop_per_engine_per_s * dt_s
                 if roll < crash:
+                    if engine.product.product_id in self._unprobed_product_ids:
+                        continue
                     writes.append(self._crash(engine, now, incident=False))
                 elif roll < sleep:
                     writes.append(self._transition(engine, "sleeping", []))
@@ -615,6 +646,9 @@ class FleetModel:
         ]
         for _ in range(poisson(rng, rates.provisions_per_s * dt_s * grow)):
             product = rng.choices(self._products, weights=weights)[0]
+            if population[product.product_id] >= self._quotas.get(product.product_id, math.inf):
+                continue
+            population[product.product_id] += 1
             writes.append(self._provision(product, now))
         destroyable = [
             e
@@ -634,7 +668,14 @@ class FleetModel:
         user_id = f"user-{random_hex(rng, 8)}"
         while user_id in taken:
             user_id = f"user-{random_hex(rng, 8)}"
-        row = new_engine_row(rng, product, user_id, status="provisioning", created_at=now)
+        row = new_engine_row(
+            rng,
+            product,
+            user_id,
+            status="provisioning",
+            created_at=now,
+            engine_version=ROLLOUT_ENGINE_VERSION,
+        )
         boot_ms: int | None = sample_boot_ms(rng, rates)
         if rng.random() < rates.boot_failure_prob:
             boot_ms = None
@@ -658,6 +699,8 @@ class FleetModel:
         sampled: list[AuditEntry] = []
         for engine in list(self._engines.values()):
             if engine.status != "running" or engine.next_probe_s > self.clock_s:
+                continue
+            if engine.product.product_id in self._unprobed_product_ids:
                 continue
             probed.append(engine.engine_id)
             next_probe_s = max(engine.next_probe_s + PROBE_INTERVAL_S, self.clock_s)

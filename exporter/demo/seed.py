@@ -24,6 +24,7 @@ from exporter.demo.model import (
     MAX_RESTART_ATTEMPTS,
     PREVIOUS_ENGINE_VERSION,
     PROBE_INTERVAL_S,
+    ROLLOUT_ENGINE_VERSION,
     AuditEntry,
     DemoProduct,
     EngineRow,
@@ -60,6 +61,11 @@ DEMO_POLICIES: dict[str, dict[str, int]] = {
     "initech": {"max_engines": 250, "rate_limit_rpm": 120},
 }
 DEFAULT_POLICY = {"max_engines": 500, "rate_limit_rpm": 300}
+NEAR_QUOTA_SLUG = "initech"
+NEAR_QUOTA_USAGE = 0.97
+"""initech's quota is set just above its seeded fleet, so it runs near its quota."""
+ROLLOUT_STARTED_AGO = timedelta(hours=12)
+ROLLOUT_SHARE = 0.7
 FINAL_SHARES = (("provisioning", 0.005), ("stopped", 0.05), ("sleeping", 0.12))
 FAILED_SHARE = 0.007
 FAILED_KINDS = ("restarting", "boot_failed", "gave_up")
@@ -76,8 +82,13 @@ def api_key_hash(api_key: str) -> str:
     return hashlib.sha256(api_key.encode()).hexdigest()
 
 
-def policy_of(product: DemoProduct) -> dict[str, int]:
-    return DEMO_POLICIES.get(product.slug, DEFAULT_POLICY)
+def policy_of(product: DemoProduct, engines: int) -> dict[str, int]:
+    """The product's policy for a seeded fleet of ``engines``: fixed quotas, except the
+    product that runs near its quota (``EngineFleetNearQuota``)."""
+    policy = dict(DEMO_POLICIES.get(product.slug, DEFAULT_POLICY))
+    if product.slug == NEAR_QUOTA_SLUG:
+        policy["max_engines"] = max(engines + 1, math.ceil(engines / NEAR_QUOTA_USAGE))
+    return policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +97,8 @@ class SeedPlan:
     engines: tuple[EngineRow, ...]
     audit: tuple[AuditEntry, ...]
     """In time order, so audit ids follow timestamps as they do upstream."""
+    policies: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Each product's policy, by slug."""
 
 
 def split_counts(total: int, shares: Sequence[float]) -> list[int]:
@@ -237,6 +250,8 @@ def plan_demo_fleet(
     start = now - timedelta(seconds=span_s)
     shares = _shares(len(products))
     history = _History(rng, rates)
+    counts = split_counts(engines, shares)
+    policies = {p.slug: policy_of(p, n) for p, n in zip(products, counts, strict=True)}
     for product in products:
         history.add(
             product,
@@ -244,14 +259,12 @@ def plan_demo_fleet(
             "policy_register",
             start,
             actor=product.slug,
-            metadata={"policy": policy_of(product)},
+            metadata={"policy": policies[product.slug]},
         )
 
     statuses = final_statuses(engines)
     rng.shuffle(statuses)
-    slots = [
-        p for p, n in zip(products, split_counts(engines, shares), strict=True) for _ in range(n)
-    ]
+    slots = [p for p, n in zip(products, counts, strict=True) for _ in range(n)]
     rows: list[EngineRow] = []
     failed_seen = 0
     recent: set[str] = set()
@@ -285,7 +298,7 @@ def plan_demo_fleet(
 
     rows.sort(key=lambda r: (r.created_at, r.engine_id))
     audit = sorted(history.rows, key=lambda r: r.timestamp)
-    return SeedPlan(start=start, engines=tuple(rows), audit=tuple(audit))
+    return SeedPlan(start=start, engines=tuple(rows), audit=tuple(audit), policies=policies)
 
 
 def _shares(products: int) -> tuple[float, ...]:
@@ -338,13 +351,23 @@ def _provision(
     return boot_ms
 
 
+def _version_at(rng: random.Random, kind: str, age: timedelta) -> str:
+    """The fleet mid-rollout: engines older than a day partly run the previous version, most
+    run the current one, and the rollout version has reached most engines provisioned since
+    it started (and every provision still booting)."""
+    if kind == "provisioning" or (age < ROLLOUT_STARTED_AGO and rng.random() < ROLLOUT_SHARE):
+        return ROLLOUT_ENGINE_VERSION
+    if age > timedelta(days=1) and rng.random() < 0.4:
+        return PREVIOUS_ENGINE_VERSION
+    return ENGINE_VERSION
+
+
 def _live_engine(
     history: _History, product: DemoProduct, kind: str, created: datetime, now: datetime
 ) -> EngineRow:
     """One engine alive now, ending in ``kind``, with the audit rows of its life so far."""
     rng, rates = history.rng, history.rates
-    old = now - created > timedelta(days=1)
-    version = PREVIOUS_ENGINE_VERSION if old and rng.random() < 0.4 else ENGINE_VERSION
+    version = _version_at(rng, kind, now - created)
     status = "failed" if kind in FAILED_KINDS else kind
     row = new_engine_row(
         rng, product, _new_user(rng), status=status, created_at=created, engine_version=version
@@ -450,7 +473,7 @@ async def _write_plan(cursor: object, products: Sequence[DemoProduct], plan: See
             "slug": [p.slug for p in products],
             "display_name": [p.display_name for p in products],
             "api_key_hash": [api_key_hash(p.api_key) for p in products],
-            "policy": [json.dumps(policy_of(p)) for p in products],
+            "policy": [json.dumps(plan.policies[p.slug]) for p in products],
             "created_at": [plan.start for _ in products],
         },
     )

@@ -107,6 +107,14 @@ LOAD_ENGINES = Statement(
     "SELECT engine_id::text, product_id::text, user_id, status, created_at FROM engines"
     " WHERE product_id = ANY(%(product_ids)s::uuid[]) ORDER BY created_at, engine_id",
 )
+LOAD_QUOTAS = Statement(
+    "load_quotas",
+    """
+    SELECT id::text, floor((policy ->> 'max_engines')::numeric)::bigint
+    FROM products
+    WHERE id = ANY(%(product_ids)s::uuid[]) AND jsonb_typeof(policy -> 'max_engines') = 'number'
+    """,
+)
 LOAD_RESTART_EVENTS = Statement(
     "load_restart_events",
     "SELECT engine_id::text, action FROM audit_log"
@@ -284,9 +292,10 @@ class FleetSimulator:
         self._pool: Any = None
         self._loaded = False
 
-    def start_incident(self, slug: str, *, failed_fraction: float = 0.4) -> None:
-        """A burst of failures in ``slug`` on the next tick, enough to make it critical."""
-        self._model.start_incident(slug, failed_fraction=failed_fraction)
+    def start_incident(self, name: str, *, failed_fraction: float = 0.4) -> None:
+        """A demo product's slug: a burst of failures there on the next tick, enough to make
+        it critical. ``health-loop``: the first product's engines are no longer probed."""
+        self._model.start_incident(name, failed_fraction=failed_fraction)
 
     async def tick(self) -> None:
         """Advance the fleet by ``tick_s`` simulated seconds."""
@@ -348,6 +357,7 @@ class FleetSimulator:
         product_ids = [p.product_id for p in self._products]
         async with write_transaction(self._pool) as cursor:
             engine_rows = await fetch_all(cursor, LOAD_ENGINES, {"product_ids": product_ids})
+            quotas = await fetch_all(cursor, LOAD_QUOTAS, {"product_ids": product_ids})
             events = await fetch_all(
                 cursor,
                 LOAD_RESTART_EVENTS,
@@ -358,5 +368,10 @@ class FleetSimulator:
                 },
             )
         engines = [LoadedEngine(*row) for row in engine_rows]
-        self._model.load(engines, restart_progress((e, a) for e, a in events), now)
+        self._model.load(
+            engines,
+            restart_progress((e, a) for e, a in events),
+            now,
+            quotas={product_id: int(quota) for product_id, quota in quotas},
+        )
         self._loaded = True

@@ -18,6 +18,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -288,6 +289,15 @@ def test_every_recording_rule_returns_data(stack: Stack) -> None:
         )
 
 
+def _notification(stack: Stack, alertname: str, product: str) -> dict[str, Any] | None:
+    for path, payload in list(stack.webhook.received):
+        for alert in payload.get("alerts", []):
+            labels = alert["labels"]
+            if labels.get("product") == product and labels.get("alertname") == alertname:
+                return {"path": path, **alert}
+    return None
+
+
 def test_a_critical_fleet_pages_through_alertmanager(stack: Stack) -> None:
     product = insert_product(stack.dsn, slug="blast", api_key="pk-sept-blast-" + "z" * 40)
     for i in range(10):
@@ -295,21 +305,48 @@ def test_a_critical_fleet_pages_through_alertmanager(stack: Stack) -> None:
             stack.dsn, product_id=product, user_id=f"u{i}", status="failed" if i < 4 else "running"
         )
 
-    def critical_notification() -> dict[str, Any] | None:
-        for path, payload in list(stack.webhook.received):
-            for alert in payload.get("alerts", []):
-                labels = alert["labels"]
-                if (
-                    labels.get("product") == "blast"
-                    and labels.get("alertname") == "EngineFleetCritical"
-                ):
-                    return {"path": path, **alert}
-        return None
-
-    alert = poll_until(critical_notification, timeout_s=90, what="the critical alert webhook")
+    alert = poll_until(
+        lambda: _notification(stack, "EngineFleetCritical", "blast"),
+        timeout_s=90,
+        what="the critical alert webhook",
+    )
     assert alert["status"] == "firing"
     assert alert["labels"]["severity"] == "critical"
     assert alert["path"] == "/pager"
     annotations = alert["annotations"]
     assert "blast" in annotations["summary"] + annotations["description"]
     assert annotations["runbook_url"].endswith("/EngineFleetCritical.md")
+
+
+def test_a_stalled_health_loop_pages_through_alertmanager(stack: Stack) -> None:
+    product = insert_product(stack.dsn, slug="stalled", api_key="pk-sept-stalled-" + "s" * 40)
+    for i in range(5):
+        insert_engine(
+            stack.dsn,
+            product_id=product,
+            user_id=f"u{i}",
+            status="running",
+            last_health_at=datetime.now(UTC) - timedelta(minutes=10),
+        )
+
+    alert = poll_until(
+        lambda: _notification(stack, "EngineFleetHealthLoopStalled", "stalled"),
+        timeout_s=90,
+        what="the health-loop alert webhook",
+    )
+    assert alert["status"] == "firing"
+    assert alert["path"] == "/pager"
+    assert alert["annotations"]["runbook_url"].endswith("/EngineFleetHealthLoopStalled.md")
+
+
+def test_the_demo_product_near_its_quota_raises_the_quota_alert(stack: Stack) -> None:
+    firing = poll_until(
+        lambda: stack.query(
+            'ALERTS{alertname="EngineFleetNearQuota", alertstate="firing", product="initech"}'
+        ),
+        timeout_s=90,
+        what="EngineFleetNearQuota for the demo's initech",
+    )
+    assert firing
+    others = stack.query('product:engine_fleet_quota_usage:ratio{product=~"acme|globex"} >= 0.9')
+    assert others == []

@@ -290,3 +290,62 @@ async def test_run_logs_one_line_while_the_database_refuses_it_and_then_carries_
         await asyncio.wait_for(running, timeout=5)
     (warning,) = events("simulator_database_error")
     assert warning.levelno == logging.WARNING
+
+
+def _probes(dsn: str, slug: str) -> dict[str, object]:
+    return dict(
+        fetch_all(
+            dsn,
+            "SELECT e.engine_id::text, e.last_health_at FROM engines e"
+            " JOIN products p ON p.id = e.product_id"
+            " WHERE p.slug = %(slug)s AND e.status = 'running'",
+            {"slug": slug},
+        )
+    )
+
+
+async def test_health_loop_incident_freezes_the_probes_of_one_product(
+    fleet_db: FleetDatabase,
+) -> None:
+    dsn = fleet_db.dsn
+    products = await seed_demo(dsn, engines=60, history_days=0.2)
+    steady = replace(SimulationRates(), sleep_per_engine_per_s=0, stop_per_engine_per_s=0)
+    simulator = FleetSimulator(dsn, products=products, rates=steady, seed=5)
+    simulator.start_incident("health-loop")
+    before = {slug: _probes(dsn, slug) for slug in ("acme", "globex")}
+
+    await ticks(simulator, 40)
+
+    after = {slug: _probes(dsn, slug) for slug in ("acme", "globex")}
+    still_running = before["acme"].keys() & after["acme"].keys()
+    assert len(still_running) >= 0.8 * len(before["acme"])
+    assert all(after["acme"][e] == before["acme"][e] for e in still_running)
+    probed = before["globex"].keys() & after["globex"].keys()
+    assert probed
+    assert all(after["globex"][e] != before["globex"][e] for e in probed)
+
+
+async def test_the_product_near_its_quota_never_passes_it(fleet_db: FleetDatabase) -> None:
+    dsn = fleet_db.dsn
+    products = await seed_demo(dsn, engines=60, history_days=0.2)
+    quota = fetch_value(
+        dsn, "SELECT (policy->>'max_engines')::int FROM products WHERE slug = 'initech'"
+    )
+    simulator = FleetSimulator(
+        dsn, products=products, rates=replace(BRISK, boot_failure_prob=0), seed=9
+    )
+    sizes = []
+    try:
+        for _ in range(40):
+            await simulator.tick()
+            sizes.append(
+                fetch_value(
+                    dsn,
+                    "SELECT count(*) FROM engines e JOIN products p ON p.id = e.product_id"
+                    " WHERE p.slug = 'initech'",
+                )
+            )
+    finally:
+        await simulator.close()
+    assert max(sizes) <= quota
+    assert max(sizes) >= 0.9 * quota

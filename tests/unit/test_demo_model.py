@@ -13,7 +13,11 @@ import pytest
 from exporter.demo.model import (
     ALLOWED_TRANSITIONS,
     DEMO_PRODUCTS,
+    ENGINE_VERSION,
     MAX_RESTART_ATTEMPTS,
+    PREVIOUS_ENGINE_VERSION,
+    PROBE_INTERVAL_S,
+    ROLLOUT_ENGINE_VERSION,
     STATUSES,
     AppendAudit,
     AuditEntry,
@@ -30,7 +34,7 @@ from exporter.demo.model import (
     restart_backoff_s,
     restart_progress,
 )
-from exporter.demo.seed import final_statuses, plan_demo_fleet, split_counts
+from exporter.demo.seed import NEAR_QUOTA_SLUG, final_statuses, plan_demo_fleet, split_counts
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 ACME, GLOBEX, INITECH = DEMO_PRODUCTS
@@ -241,8 +245,74 @@ def test_incident_pushes_only_the_chosen_product_over_the_critical_ratio_for_min
 
 def test_unknown_incident_product_is_refused_naming_the_known_ones() -> None:
     fleet_model = model()
-    with pytest.raises(ValueError, match="acme, globex, initech"):
+    with pytest.raises(ValueError, match=r"acme, globex, initech.* or health-loop"):
         fleet_model.start_incident("umbrella")
+
+
+def _probed(writes: Sequence[Write]) -> set[str]:
+    return {engine for w in writes if isinstance(w, RecordHealth) for engine in w.engine_ids}
+
+
+def test_health_loop_incident_stops_probing_only_the_first_product() -> None:
+    fleet_model = model(fleet({"acme": 10, "globex": 6, "initech": 4}))
+    assert len(_probed(run(fleet_model, PROBE_INTERVAL_S))) == 20
+
+    fleet_model.start_incident("health-loop")
+    probed = _probed(run(fleet_model, 10 * PROBE_INTERVAL_S))
+
+    assert probed == {e for e in fleet_model.engines if not e.startswith("acme-")}
+    assert fleet_model.status_counts("acme")["running"] == 10
+
+
+def test_without_probes_crashes_of_that_product_go_unnoticed() -> None:
+    rates = replace(QUIET, crash_per_engine_per_s=0.01)
+    fleet_model = model(fleet({"acme": 20, "globex": 20}), rates=rates)
+    fleet_model.stall_health_loop("acme")
+
+    rows = audit_rows(run(fleet_model, 600))
+
+    crashed = {r.product_id for r in rows if r.action == "health_failed"}
+    assert crashed == {GLOBEX.product_id}
+    assert fleet_model.status_counts("acme")["failed"] == 0
+
+
+def test_new_provisions_boot_the_version_being_rolled_out() -> None:
+    fleet_model = model(fleet({"acme": 30, "globex": 20, "initech": 10}), rates=BUSY)
+    writes = run(fleet_model, 120)
+    inserted = [w.row for w in writes if isinstance(w, InsertEngine)]
+    boots = [r for r in audit_rows(writes) if r.action == "provision" and r.duration_ms]
+    assert inserted
+    assert boots
+    assert {row.engine_version for row in inserted} == {ROLLOUT_ENGINE_VERSION}
+    assert {r.metadata["engine_version"] for r in boots} == {ROLLOUT_ENGINE_VERSION}
+
+
+def test_a_product_at_its_quota_gets_no_new_engine() -> None:
+    engines = fleet({"acme": 10, "globex": 10, "initech": 10})
+    rates = replace(BUSY, destroys_per_s=0, crash_per_engine_per_s=0, boot_failure_prob=0)
+    fleet_model = FleetModel(DEMO_PRODUCTS, rates=rates, rng=random.Random(3))
+    fleet_model.load(engines, {}, T0, quotas={INITECH.product_id: 10})
+    inserted = [w.row for w in run(fleet_model, 600) if isinstance(w, InsertEngine)]
+    assert {row.product_id for row in inserted} == {ACME.product_id, GLOBEX.product_id}
+    assert sum(1 for e in fleet_model.engines.values() if e.product is INITECH) == 10
+
+
+def test_seeded_fleet_is_mid_rollout_and_one_product_is_near_its_quota() -> None:
+    plan = plan_demo_fleet(engines=300, history_days=3.0, rng=random.Random(7), now=T0)
+    versions = Counter(e.engine_version for e in plan.engines)
+    assert set(versions) == {PREVIOUS_ENGINE_VERSION, ENGINE_VERSION, ROLLOUT_ENGINE_VERSION}
+    assert versions[ENGINE_VERSION] > versions[ROLLOUT_ENGINE_VERSION] > 0
+    by_product = Counter(e.product_id for e in plan.engines)
+    for product in DEMO_PRODUCTS:
+        usage = by_product[product.product_id] / plan.policies[product.slug]["max_engines"]
+        if product.slug == NEAR_QUOTA_SLUG:
+            assert 0.9 <= usage < 1
+        else:
+            assert usage < 0.5
+    registered = {
+        r.product_id: r.metadata["policy"] for r in plan.audit if r.action == "policy_register"
+    }
+    assert registered == {p.product_id: plan.policies[p.slug] for p in DEMO_PRODUCTS}
 
 
 def test_a_seeded_model_makes_the_same_decisions_every_time() -> None:
