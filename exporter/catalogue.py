@@ -1,9 +1,11 @@
 """The metric catalogue: every family the service exposes, declared once.
 
 Each entry names a family, its type, help text, labels, whether it is fleet data (dropped
-when the data is stale) or a self-metric (always served), and how its samples are computed
-from a ``ExpositionInput``. The exposition renders exactly this list, the README's metric
-table is generated from it, and the tests compare both against a real scrape.
+when the data is stale) or a self-metric (always served), and how its samples are computed:
+a fleet family from one product's ``ProductFleet`` and the ``FleetContext`` (so the exposition
+can keep each product's lines until its figures change), a self-metric from the
+``ExpositionInput``. The exposition renders exactly this list, the README's metric table is
+generated from it, and the tests compare both against a real scrape.
 """
 
 from __future__ import annotations
@@ -41,12 +43,27 @@ class RefreshStats:
 
 
 @dataclass(frozen=True, slots=True)
+class FleetContext:
+    """Everything a fleet family reads besides the product's own figures.
+
+    A product's rendered lines are reused while its ``ProductFleet`` and this context are
+    equal, so any other input a fleet family starts to depend on belongs here.
+    """
+
+    critical_failed_ratio: float
+
+
+@dataclass(frozen=True, slots=True)
 class ExpositionInput:
     snapshot: FleetSnapshot | None
     stats: RefreshStats
     critical_failed_ratio: float
     refresh_interval_s: float
     version: str
+
+    @property
+    def fleet_context(self) -> FleetContext:
+        return FleetContext(critical_failed_ratio=self.critical_failed_ratio)
 
 
 Labels = tuple[str, ...]
@@ -65,7 +82,13 @@ class Family:
     fleet_data: bool
     """Fleet data is dropped once stale; self-metrics are always served."""
     samples: Callable[[ExpositionInput], Iterable[Sample]] | None = None
-    histograms: Callable[[ExpositionInput], Iterable[HistogramSample]] | None = None
+    """A self-metric's samples."""
+    product_samples: Callable[[ProductFleet, FleetContext], Iterable[Sample]] | None = None
+    """A fleet gauge's or counter's samples for one product."""
+    product_histograms: Callable[[ProductFleet, FleetContext], Iterable[HistogramSample]] | None = (
+        None
+    )
+    """A fleet histogram's samples for one product."""
 
     @property
     def sample_names(self) -> tuple[str, ...]:
@@ -74,68 +97,50 @@ class Family:
         return (self.name,)
 
 
-def _fleets(data: ExpositionInput) -> list[ProductFleet]:
-    if data.snapshot is None:
-        return []
-    return sorted(data.snapshot.fleets.values(), key=lambda fleet: fleet.product.slug)
+def _engines(fleet: ProductFleet, context: FleetContext) -> Iterable[Sample]:
+    for status, count in counts_for_labels(fleet.engines_by_status, ENGINE_STATES).items():
+        yield (fleet.product.slug, status), count
 
 
-def _engines(data: ExpositionInput) -> Iterable[Sample]:
-    for fleet in _fleets(data):
-        for status, count in counts_for_labels(fleet.engines_by_status, ENGINE_STATES).items():
-            yield (fleet.product.slug, status), count
+def _health(fleet: ProductFleet, context: FleetContext) -> Iterable[Sample]:
+    current = fleet_health(fleet.failed, fleet.total, context.critical_failed_ratio)
+    for state in HealthState:
+        yield (fleet.product.slug, state.value), 1.0 if state is current else 0.0
 
 
-def _health(data: ExpositionInput) -> Iterable[Sample]:
-    for fleet in _fleets(data):
-        current = fleet_health(fleet.failed, fleet.total, data.critical_failed_ratio)
-        for state in HealthState:
-            yield (fleet.product.slug, state.value), 1.0 if state is current else 0.0
+def _failed_ratio(fleet: ProductFleet, context: FleetContext) -> Iterable[Sample]:
+    yield (fleet.product.slug,), failed_ratio(fleet.failed, fleet.total)
 
 
-def _failed_ratio(data: ExpositionInput) -> Iterable[Sample]:
-    for fleet in _fleets(data):
-        yield (fleet.product.slug,), failed_ratio(fleet.failed, fleet.total)
+def _lifecycle_events(fleet: ProductFleet, context: FleetContext) -> Iterable[Sample]:
+    for action, count in counts_for_labels(fleet.lifetime_by_action, DOCUMENTED_ACTIONS).items():
+        yield (fleet.product.slug, action), count
 
 
-def _lifecycle_events(data: ExpositionInput) -> Iterable[Sample]:
-    for fleet in _fleets(data):
-        for action, count in counts_for_labels(
-            fleet.lifetime_by_action, DOCUMENTED_ACTIONS
-        ).items():
-            yield (fleet.product.slug, action), count
+def _boot_durations(fleet: ProductFleet, context: FleetContext) -> Iterable[HistogramSample]:
+    yield (fleet.product.slug,), fleet.boot_histogram
 
 
-def _boot_durations(data: ExpositionInput) -> Iterable[HistogramSample]:
-    for fleet in _fleets(data):
-        yield (fleet.product.slug,), fleet.boot_histogram
+def _oldest_provisioning(fleet: ProductFleet, context: FleetContext) -> Iterable[Sample]:
+    yield (fleet.product.slug,), fleet.oldest_provisioning_age_s
 
 
-def _oldest_provisioning(data: ExpositionInput) -> Iterable[Sample]:
-    for fleet in _fleets(data):
-        yield (fleet.product.slug,), fleet.oldest_provisioning_age_s
+def _probe_overdue(fleet: ProductFleet, context: FleetContext) -> Iterable[Sample]:
+    yield (fleet.product.slug,), fleet.census.probe_overdue
 
 
-def _probe_overdue(data: ExpositionInput) -> Iterable[Sample]:
-    for fleet in _fleets(data):
-        yield (fleet.product.slug,), fleet.census.probe_overdue
+def _oldest_probe_age(fleet: ProductFleet, context: FleetContext) -> Iterable[Sample]:
+    yield (fleet.product.slug,), fleet.census.oldest_probe_age_s
 
 
-def _oldest_probe_age(data: ExpositionInput) -> Iterable[Sample]:
-    for fleet in _fleets(data):
-        yield (fleet.product.slug,), fleet.census.oldest_probe_age_s
+def _engines_by_version(fleet: ProductFleet, context: FleetContext) -> Iterable[Sample]:
+    for version, count in fleet.census.engines_by_version.items():
+        yield (fleet.product.slug, version), count
 
 
-def _engines_by_version(data: ExpositionInput) -> Iterable[Sample]:
-    for fleet in _fleets(data):
-        for version, count in fleet.census.engines_by_version.items():
-            yield (fleet.product.slug, version), count
-
-
-def _quota(data: ExpositionInput) -> Iterable[Sample]:
-    for fleet in _fleets(data):
-        if fleet.product.quota_engines is not None:
-            yield (fleet.product.slug,), fleet.product.quota_engines
+def _quota(fleet: ProductFleet, context: FleetContext) -> Iterable[Sample]:
+    if fleet.product.quota_engines is not None:
+        yield (fleet.product.slug,), fleet.product.quota_engines
 
 
 def _refresh_duration(data: ExpositionInput) -> Iterable[Sample]:
@@ -167,7 +172,7 @@ FAMILIES: tuple[Family, ...] = (
         " status=other. Refreshed every {interval} s.",
         ("product", "status"),
         fleet_data=True,
-        samples=_engines,
+        product_samples=_engines,
     ),
     Family(
         "engine_fleet_health",
@@ -177,7 +182,7 @@ FAMILIES: tuple[Family, ...] = (
         " Refreshed every {interval} s.",
         ("product", "health"),
         fleet_data=True,
-        samples=_health,
+        product_samples=_health,
     ),
     Family(
         "engine_fleet_failed_ratio",
@@ -186,7 +191,7 @@ FAMILIES: tuple[Family, ...] = (
         " Refreshed every {interval} s.",
         ("product",),
         fleet_data=True,
-        samples=_failed_ratio,
+        product_samples=_failed_ratio,
     ),
     Family(
         "engine_fleet_lifecycle_events_total",
@@ -195,7 +200,7 @@ FAMILIES: tuple[Family, ...] = (
         " action=other. Refreshed every {interval} s.",
         ("product", "action"),
         fleet_data=True,
-        samples=_lifecycle_events,
+        product_samples=_lifecycle_events,
     ),
     Family(
         "engine_fleet_boot_duration_seconds",
@@ -204,7 +209,7 @@ FAMILIES: tuple[Family, ...] = (
         " Refreshed every {interval} s.",
         ("product",),
         fleet_data=True,
-        histograms=_boot_durations,
+        product_histograms=_boot_durations,
     ),
     Family(
         "engine_fleet_oldest_provisioning_seconds",
@@ -213,7 +218,7 @@ FAMILIES: tuple[Family, ...] = (
         " Refreshed every {interval} s.",
         ("product",),
         fleet_data=True,
-        samples=_oldest_provisioning,
+        product_samples=_oldest_provisioning,
     ),
     Family(
         "engine_fleet_engines_probe_overdue",
@@ -222,7 +227,7 @@ FAMILIES: tuple[Family, ...] = (
         f"{_CENSUS}",
         ("product",),
         fleet_data=True,
-        samples=_probe_overdue,
+        product_samples=_probe_overdue,
     ),
     Family(
         "engine_fleet_oldest_probe_age_seconds",
@@ -231,7 +236,7 @@ FAMILIES: tuple[Family, ...] = (
         f" (0 when none).{_CENSUS}",
         ("product",),
         fleet_data=True,
-        samples=_oldest_probe_age,
+        product_samples=_oldest_probe_age,
     ),
     Family(
         "engine_fleet_engines_by_version",
@@ -240,7 +245,7 @@ FAMILIES: tuple[Family, ...] = (
         f" count as version=other.{_CENSUS}",
         ("product", "version"),
         fleet_data=True,
-        samples=_engines_by_version,
+        product_samples=_engines_by_version,
     ),
     Family(
         "engine_fleet_quota_engines",
@@ -249,7 +254,7 @@ FAMILIES: tuple[Family, ...] = (
         " Refreshed every {interval} s.",
         ("product",),
         fleet_data=True,
-        samples=_quota,
+        product_samples=_quota,
     ),
     Family(
         "engine_fleet_exporter_refresh_duration_seconds",

@@ -1,14 +1,28 @@
-"""Prometheus exposition, rendered once per refresh.
+"""Prometheus exposition, rendered once per refresh, at a cost proportional to what changed.
 
-``render`` turns an ``ExpositionInput`` into every body a scrape may ask for — text 0.0.4
-and OpenMetrics 1.0, each plain and gzipped, each with and without the fleet data — so a
-scrape only picks bytes that already exist. A pure function of its input.
+``ExpositionRenderer.render`` turns an ``ExpositionInput`` into every body a scrape may ask
+for — text 0.0.4 and OpenMetrics 1.0, each plain and gzipped, each with and without the fleet
+data — so a scrape only picks bytes that already exist. Its answer is a pure function of its
+input, byte for byte what prometheus-client renders for the catalogue's families; what it
+remembers between calls only saves work:
+
+* each product's sample lines per fleet family are kept with the ``ProductFleet`` they came
+  from and rendered again only when that value (or the ``FleetContext``) changes; the lines
+  are the same in both formats, so one copy serves both;
+* the gzipped bodies are one gzip member whose deflate stream is the concatenation of
+  independently compressed segments (a family's header, then runs of a few products'
+  lines), each byte-aligned by a sync flush, so only the segments whose products
+  changed are compressed again. The trailer's CRC-32 is taken over the whole body.
+
+Self-metrics (a handful of lines that change every refresh) and the family headers go
+through prometheus-client itself.
 """
 
 from __future__ import annotations
 
-import gzip
-from collections.abc import Iterator
+import struct
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -22,20 +36,30 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from exporter.catalogue import FAMILIES, ExpositionInput, Family
+from exporter.catalogue import FAMILIES, ExpositionInput, Family, FleetContext, Labels
+from exporter.domain import ProductFleet
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+GZIP_LEVEL = 6
+GZIP_SEGMENT_PRODUCTS = 16
+"""Products per independently compressed segment by default: smaller segments mean less to compress
+again when a few products change, larger ones a smaller body (16 costs about a fifth more
+bytes than one stream over the whole body)."""
+
+_OPENMETRICS_EOF = b"# EOF\n"
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+"""Magic, deflate, no flags, mtime 0, no extra flags, OS unknown: what ``gzip.compress``
+writes with ``mtime=0``."""
+_DEFLATE_END = b"\x03\x00"
+"""An empty final fixed-Huffman block: closes a stream of sync-flushed segments."""
 
 
 @dataclass(frozen=True, slots=True)
 class Body:
     plain: bytes
     gzipped: bytes
-
-    @classmethod
-    def of(cls, payload: bytes) -> Body:
-        return cls(payload, gzip.compress(payload, compresslevel=6, mtime=0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,52 +78,223 @@ class RenderedExposition:
 
 
 def _to_metric(family: Family, data: ExpositionInput) -> Metric:
-    documentation = family.help.format(interval=f"{data.refresh_interval_s:g}")
-    labels = list(family.labels)
-    if family.kind == "histogram":
-        assert family.histograms is not None
-        histogram_family = HistogramMetricFamily(family.name, documentation, labels=labels)
-        for label_values, histogram in family.histograms(data):
-            buckets = [
-                (floatToGoString(bound), float(count))  # type: ignore[no-untyped-call]
-                for bound, count in zip(
-                    histogram.upper_bounds_s, histogram.cumulative_counts, strict=False
-                )
-            ]
-            buckets.append(("+Inf", float(histogram.count)))
-            histogram_family.add_metric(list(label_values), buckets, histogram.sum_s)
-        return histogram_family
+    """A self-metric as a prometheus-client family, for prometheus-client to render."""
+    metric_family = _empty_metric(family, data.refresh_interval_s)
     assert family.samples is not None
-    metric_family: GaugeMetricFamily | CounterMetricFamily
-    if family.kind == "counter":
-        metric_family = CounterMetricFamily(family.name, documentation, labels=labels)
-    else:
-        metric_family = GaugeMetricFamily(family.name, documentation, labels=labels)
+    assert not isinstance(metric_family, HistogramMetricFamily)
     for label_values, value in family.samples(data):
         metric_family.add_metric(list(label_values), float(value))
     return metric_family
 
 
-class _CatalogueCollector(Collector):
-    def __init__(self, data: ExpositionInput, *, include_fleet: bool) -> None:
-        self._data = data
-        self._include_fleet = include_fleet
+def _empty_metric(
+    family: Family, refresh_interval_s: float
+) -> GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily:
+    documentation = family.help.format(interval=f"{refresh_interval_s:g}")
+    labels = list(family.labels)
+    if family.kind == "histogram":
+        return HistogramMetricFamily(family.name, documentation, labels=labels)
+    if family.kind == "counter":
+        return CounterMetricFamily(family.name, documentation, labels=labels)
+    return GaugeMetricFamily(family.name, documentation, labels=labels)
+
+
+class _Collector(Collector):
+    def __init__(self, metrics: Sequence[Metric]) -> None:
+        self._metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
-        for family in FAMILIES:
-            if family.fleet_data and not self._include_fleet:
-                continue
-            yield _to_metric(family, self._data)
+        yield from self._metrics
 
 
-def _render(data: ExpositionInput, *, include_fleet: bool) -> tuple[Body, Body]:
+def _both_formats(metric: Metric) -> tuple[bytes, bytes]:
+    """One family in text 0.0.4 and in OpenMetrics (without the closing ``# EOF``)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_CatalogueCollector(data, include_fleet=include_fleet))
+    registry.register(_Collector([metric]))
     openmetrics = generate_openmetrics(registry)  # type: ignore[no-untyped-call]
-    return Body.of(generate_latest(registry)), Body.of(openmetrics)
+    return generate_latest(registry), openmetrics.removesuffix(_OPENMETRICS_EOF)
+
+
+def _escape_label_value(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def _label_text(names: Labels, values: Labels) -> str:
+    """``{a="x",b="y"}`` with the names sorted, as prometheus-client writes labels."""
+    if not names:
+        return ""
+    pairs = sorted(zip(names, values, strict=True))
+    return "{" + ",".join(f'{name}="{_escape_label_value(value)}"' for name, value in pairs) + "}"
+
+
+def product_lines(family: Family, fleet: ProductFleet, context: FleetContext) -> bytes:
+    """One product's sample lines of one fleet family: the same bytes in both formats."""
+    lines: list[str] = []
+    if family.kind == "histogram":
+        assert family.product_histograms is not None
+        bucket_names = (*family.labels, "le")
+        for label_values, histogram in family.product_histograms(fleet, context):
+            bounds = [floatToGoString(b) for b in histogram.upper_bounds_s]  # type: ignore[no-untyped-call]
+            bounds.append("+Inf")
+            counts = [*histogram.cumulative_counts[: len(histogram.upper_bounds_s)]]
+            counts.append(histogram.count)
+            for bound, count in zip(bounds, counts, strict=True):
+                labels = _label_text(bucket_names, (*label_values, bound))
+                lines.append(f"{family.name}_bucket{labels} {floatToGoString(count)}\n")  # type: ignore[no-untyped-call]
+            labels = _label_text(family.labels, label_values)
+            lines.append(f"{family.name}_count{labels} {floatToGoString(histogram.count)}\n")  # type: ignore[no-untyped-call]
+            lines.append(f"{family.name}_sum{labels} {floatToGoString(histogram.sum_s)}\n")  # type: ignore[no-untyped-call]
+    else:
+        assert family.product_samples is not None
+        for label_values, value in family.product_samples(fleet, context):
+            labels = _label_text(family.labels, label_values)
+            lines.append(f"{family.name}{labels} {floatToGoString(value)}\n")  # type: ignore[no-untyped-call]
+    return "".join(lines).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class _ProductEntry:
+    fleet: ProductFleet
+    lines: tuple[bytes, ...]
+    """Per fleet family, in catalogue order."""
+
+
+def _deflate(segment: bytes) -> bytes:
+    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return compressor.compress(segment) + compressor.flush(zlib.Z_SYNC_FLUSH)
+
+
+def _gzip_member(plain: bytes, deflated_segments: Iterable[bytes]) -> bytes:
+    trailer = struct.pack("<II", zlib.crc32(plain), len(plain) & 0xFFFFFFFF)
+    return b"".join((_GZIP_HEADER, *deflated_segments, _DEFLATE_END, trailer))
+
+
+class _Assembly:
+    """One body under construction: its plain segments and their deflated forms."""
+
+    def __init__(self) -> None:
+        self.plain: list[bytes] = []
+        self.deflated: list[bytes] = []
+
+    def add(self, plain: bytes, deflated: bytes) -> None:
+        self.plain.append(plain)
+        self.deflated.append(deflated)
+
+    def body(self) -> Body:
+        plain = b"".join(self.plain)
+        return Body(plain, _gzip_member(plain, self.deflated))
+
+
+class ExpositionRenderer:
+    """Renders expositions, reusing what is unchanged since the previous call.
+
+    Not thread-safe: one owner (the refresher, under its lock) calls ``render``.
+    """
+
+    def __init__(self, segment_products: int = GZIP_SEGMENT_PRODUCTS) -> None:
+        self._segment_products = segment_products
+        self._fleet_families = tuple(f for f in FAMILIES if f.fleet_data)
+        self._context: FleetContext | None = None
+        self._products: dict[str, _ProductEntry] = {}
+        self._headers: dict[tuple[str, float], tuple[bytes, bytes]] = {}
+        self._segments: dict[tuple[bytes, ...], bytes] = {}
+        self.last_rendered = 0
+        """Products whose lines the last ``render`` produced (the others were reused)."""
+        self.last_compressed_bytes = 0
+        """Plain bytes the last ``render`` compressed (the other segments were reused)."""
+
+    def render(self, data: ExpositionInput) -> RenderedExposition:
+        self.last_rendered = self.last_compressed_bytes = 0
+        segments: dict[tuple[bytes, ...], bytes] = {}
+        self_metrics = {
+            f.name: _both_formats(_to_metric(f, data)) for f in FAMILIES if not f.fleet_data
+        }
+        text_self, openmetrics_self = self._assemble(data, self_metrics, None, segments)
+        if data.snapshot is None:
+            text, openmetrics = text_self, openmetrics_self
+        else:
+            ordered = sorted(data.snapshot.fleets.values(), key=lambda f: f.product.slug)
+            entries = self._product_entries(ordered, data.fleet_context)
+            text, openmetrics = self._assemble(data, self_metrics, entries, segments)
+        self._segments = segments
+        return RenderedExposition(text, openmetrics, text_self, openmetrics_self)
+
+    def _product_entries(
+        self, ordered: Sequence[ProductFleet], context: FleetContext
+    ) -> list[_ProductEntry]:
+        if context != self._context:
+            self._context = context
+            self._products = {}
+        previous, current = self._products, {}
+        entries = []
+        for fleet in ordered:
+            product_id = fleet.product.product_id
+            entry = previous.get(product_id)
+            if entry is None or (entry.fleet is not fleet and entry.fleet != fleet):
+                lines = tuple(product_lines(f, fleet, context) for f in self._fleet_families)
+                entry = _ProductEntry(fleet, lines)
+                self.last_rendered += 1
+            current[product_id] = entry
+            entries.append(entry)
+        self._products = current
+        return entries
+
+    def _header(self, family: Family, refresh_interval_s: float) -> tuple[bytes, bytes]:
+        key = (family.name, refresh_interval_s)
+        header = self._headers.get(key)
+        if header is None:
+            header = _both_formats(_empty_metric(family, refresh_interval_s))
+            self._headers[key] = header
+        return header
+
+    def _assemble(
+        self,
+        data: ExpositionInput,
+        self_metrics: dict[str, tuple[bytes, bytes]],
+        entries: Sequence[_ProductEntry] | None,
+        segments: dict[tuple[bytes, ...], bytes],
+    ) -> tuple[Body, Body]:
+        """Both formats' bodies; without ``entries``, the self-metrics alone."""
+        text, openmetrics = _Assembly(), _Assembly()
+        fleet_index = 0
+        for family in FAMILIES:
+            if not family.fleet_data:
+                for assembly, rendered in zip(
+                    (text, openmetrics), self_metrics[family.name], strict=True
+                ):
+                    assembly.add(rendered, self._deflated((rendered,), segments))
+                continue
+            index, fleet_index = fleet_index, fleet_index + 1
+            if entries is None:
+                continue
+            headers = self._header(family, data.refresh_interval_s)
+            for assembly, header in zip((text, openmetrics), headers, strict=True):
+                assembly.add(header, self._deflated((header,), segments))
+            step = self._segment_products
+            for start in range(0, len(entries), step):
+                run = tuple(e.lines[index] for e in entries[start : start + step])
+                plain = b"".join(run)
+                deflated = self._deflated(run, segments)
+                text.add(plain, deflated)
+                openmetrics.add(plain, deflated)
+        openmetrics.add(_OPENMETRICS_EOF, self._deflated((_OPENMETRICS_EOF,), segments))
+        return text.body(), openmetrics.body()
+
+    def _deflated(self, run: tuple[bytes, ...], segments: dict[tuple[bytes, ...], bytes]) -> bytes:
+        """The run's deflated bytes, from the previous body when it had the very same run.
+
+        Runs are keyed by their pieces, whose hashes Python keeps with each ``bytes``."""
+        deflated = segments.get(run)
+        if deflated is None:
+            deflated = self._segments.get(run)
+            if deflated is None:
+                plain = b"".join(run)
+                deflated = _deflate(plain)
+                self.last_compressed_bytes += len(plain)
+            segments[run] = deflated
+        return deflated
 
 
 def render(data: ExpositionInput) -> RenderedExposition:
-    text, openmetrics = _render(data, include_fleet=data.snapshot is not None)
-    text_self, openmetrics_self = _render(data, include_fleet=False)
-    return RenderedExposition(text, openmetrics, text_self, openmetrics_self)
+    """Every body for ``data``, rendered from nothing."""
+    return ExpositionRenderer().render(data)

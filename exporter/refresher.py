@@ -2,7 +2,9 @@
 
 Each refresh runs in one read-only REPEATABLE READ transaction (one consistent snapshot of
 products, engines and the audit log), builds the snapshot, renders the Prometheus exposition
-for it and publishes both with a single reference swap. The first successful refresh counts
+and the JSON bodies for it and publishes them with a single reference swap. Rendering costs
+what changed: a product whose figures equal the previous snapshot's keeps its fleet object
+and its rendered pieces. The first successful refresh counts
 the whole audit log; every later one reads only the rows added since (``exporter.audit``).
 Engines are counted per status on every refresh; the engine census (versions, probe figures),
 which must read every engine row, replaces that count at most every
@@ -37,9 +39,9 @@ from exporter.domain import (
     ProductFleet,
     engine_census,
 )
-from exporter.exposition import RenderedExposition, render
+from exporter.exposition import ExpositionRenderer, RenderedExposition
 from exporter.logs import log_event
-from exporter.views import RenderedViews, render_views
+from exporter.views import RenderedViews, ViewsRenderer
 
 logger = logging.getLogger("exporter.refresher")
 
@@ -184,6 +186,8 @@ class Refresher:
         self._lock = asyncio.Lock()
         self._last_duration_s = 0.0
         self._database_up = False
+        self._exposition = ExpositionRenderer()
+        self._views = ViewsRenderer(settings.health.critical_failed_ratio, self._categories)
         self._published = self._publish(None, None, None)
 
     @property
@@ -268,6 +272,7 @@ class Refresher:
                 engine_census=census_groups is not None,
                 audit_rows=len(audit_read.rows) if isinstance(audit_read, _AuditRead) else None,
                 pending_audit_ids=self._audit.tracker.pending_ids if self._audit.tracker else 0,
+                rendered_products=self._exposition.last_rendered,
                 duration_s=round(self._last_duration_s, 3),
             )
             return True
@@ -304,9 +309,7 @@ class Refresher:
                 self._settings.metrics.max_versions,
             )
         fleet_snapshot = self._build_snapshot(snapshot, products, engine_counts)
-        views = render_views(
-            fleet_snapshot, self._settings.health.critical_failed_ratio, self._categories
-        )
+        views = self._views.render(fleet_snapshot)
         self._last_duration_s = time.monotonic() - started
         self._database_up = True
         return self._publish(fleet_snapshot, self._clock(), views)
@@ -325,11 +328,13 @@ class Refresher:
             if row.status == "provisioning":
                 oldest_provisioning[row.product_id] = row.oldest_created_at
         census = self._census
+        previous = self._published.snapshot
+        previous_fleets = previous.fleets if previous is not None else {}
         fleets = {}
         for product in products:
             audit = self._audit.tally.product_audit(product.product_id, now)
             oldest = oldest_provisioning.get(product.product_id)
-            fleets[product.product_id] = ProductFleet(
+            fleet = ProductFleet(
                 product=product,
                 engines_by_status=MappingProxyType(by_product[product.product_id]),
                 oldest_provisioning_age_s=max(0.0, (now - oldest).total_seconds())
@@ -341,6 +346,10 @@ class Refresher:
                 boot_histogram=audit.boot_histogram,
                 census=census.of(product.product_id) if census else ProductCensus.empty(),
             )
+            unchanged = previous_fleets.get(product.product_id)
+            if unchanged is not None and unchanged == fleet:
+                fleet = unchanged
+            fleets[product.product_id] = fleet
         return FleetSnapshot(
             taken_at=now,
             fleets=MappingProxyType(fleets),
@@ -360,7 +369,7 @@ class Refresher:
             errors_by_stage=MappingProxyType(dict(self._errors)),
             database_up=self._database_up,
         )
-        exposition = render(
+        exposition = self._exposition.render(
             ExpositionInput(
                 snapshot=snapshot,
                 stats=stats,

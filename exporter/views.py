@@ -1,7 +1,9 @@
 """The JSON snapshot answers (``/status``, ``/metrics``), rendered once per refresh.
 
 Like the Prometheus exposition, every product's two bodies are serialised when a snapshot is
-published, so a request only authenticates the caller and writes bytes that already exist.
+published, so a request only authenticates the caller and writes bytes that already exist;
+and like it, a product's bodies are kept with the ``ProductFleet`` they came from and
+serialised again only when that value changes.
 """
 
 from __future__ import annotations
@@ -13,7 +15,13 @@ from datetime import UTC
 from email.utils import format_datetime
 from types import MappingProxyType
 
-from exporter.domain import ActionCategories, FleetSnapshot, metrics_view, status_view
+from exporter.domain import (
+    ActionCategories,
+    FleetSnapshot,
+    ProductFleet,
+    metrics_view,
+    status_view,
+)
 
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 
@@ -32,16 +40,42 @@ def _json(body: Mapping[str, object]) -> bytes:
     return json.dumps(body).encode()
 
 
-def render_views(
-    snapshot: FleetSnapshot, critical_failed_ratio: float, categories: ActionCategories
-) -> RenderedViews:
-    fleets = snapshot.fleets
-    return RenderedViews(
-        last_modified=format_datetime(snapshot.taken_at.astimezone(UTC), usegmt=True),
-        status=MappingProxyType(
-            {pid: _json(status_view(f, critical_failed_ratio)) for pid, f in fleets.items()}
-        ),
-        metrics=MappingProxyType(
-            {pid: _json(metrics_view(f, categories)) for pid, f in fleets.items()}
-        ),
-    )
+@dataclass(frozen=True, slots=True)
+class _ProductBodies:
+    fleet: ProductFleet
+    status: bytes
+    metrics: bytes
+
+
+class ViewsRenderer:
+    """Renders the JSON bodies of each snapshot, reusing those of unchanged products.
+
+    Not thread-safe: one owner (the refresher, under its lock) calls ``render``.
+    """
+
+    def __init__(self, critical_failed_ratio: float, categories: ActionCategories) -> None:
+        self._critical_failed_ratio = critical_failed_ratio
+        self._categories = categories
+        self._products: dict[str, _ProductBodies] = {}
+        self.last_rendered = 0
+        """Products whose bodies the last ``render`` serialised (the others were reused)."""
+
+    def render(self, snapshot: FleetSnapshot) -> RenderedViews:
+        previous, current = self._products, {}
+        self.last_rendered = 0
+        for product_id, fleet in snapshot.fleets.items():
+            bodies = previous.get(product_id)
+            if bodies is None or (bodies.fleet is not fleet and bodies.fleet != fleet):
+                bodies = _ProductBodies(
+                    fleet,
+                    _json(status_view(fleet, self._critical_failed_ratio)),
+                    _json(metrics_view(fleet, self._categories)),
+                )
+                self.last_rendered += 1
+            current[product_id] = bodies
+        self._products = current
+        return RenderedViews(
+            last_modified=format_datetime(snapshot.taken_at.astimezone(UTC), usegmt=True),
+            status=MappingProxyType({pid: b.status for pid, b in current.items()}),
+            metrics=MappingProxyType({pid: b.metrics for pid, b in current.items()}),
+        )

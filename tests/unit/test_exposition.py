@@ -1,0 +1,318 @@
+"""The incremental exposition and JSON bodies against a render from nothing.
+
+The reference renders every family through prometheus-client's own collectors and
+exposition functions, the way the service rendered before it kept per-product pieces; the
+renderers under test must produce the very same bytes after any sequence of refreshes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from types import MappingProxyType
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from exporter.catalogue import FAMILIES, ExpositionInput, Family, RefreshStats
+from exporter.domain import (
+    DOCUMENTED_ACTIONS,
+    ENGINE_STATES,
+    ActionCategories,
+    BootHistogram,
+    EventCategory,
+    FleetSnapshot,
+    Product,
+    ProductCensus,
+    ProductFleet,
+    metrics_view,
+    status_view,
+)
+from exporter.exposition import GZIP_SEGMENT_PRODUCTS, ExpositionRenderer, RenderedExposition
+from exporter.views import ViewsRenderer
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+BOUNDS_S = (1.0, 2.5, 60.0)
+CATEGORIES = ActionCategories(("provision",), ("destroy",), ("health_failed",), ("restart",))
+
+
+def _reference_metric(family: Family, data: ExpositionInput) -> Metric:
+    documentation = family.help.format(interval=f"{data.refresh_interval_s:g}")
+    labels = list(family.labels)
+    fleets = (
+        sorted(data.snapshot.fleets.values(), key=lambda f: f.product.slug)
+        if data.snapshot is not None
+        else []
+    )
+    context = data.fleet_context
+    if family.kind == "histogram":
+        assert family.product_histograms is not None
+        histograms = HistogramMetricFamily(family.name, documentation, labels=labels)
+        for fleet in fleets:
+            for label_values, histogram in family.product_histograms(fleet, context):
+                buckets = [
+                    (floatToGoString(bound), float(count))  # type: ignore[no-untyped-call]
+                    for bound, count in zip(
+                        histogram.upper_bounds_s, histogram.cumulative_counts, strict=False
+                    )
+                ]
+                buckets.append(("+Inf", float(histogram.count)))
+                histograms.add_metric(list(label_values), buckets, histogram.sum_s)
+        return histograms
+    metric: GaugeMetricFamily | CounterMetricFamily
+    if family.kind == "counter":
+        metric = CounterMetricFamily(family.name, documentation, labels=labels)
+    else:
+        metric = GaugeMetricFamily(family.name, documentation, labels=labels)
+    if family.fleet_data:
+        assert family.product_samples is not None
+        samples = [s for fleet in fleets for s in family.product_samples(fleet, context)]
+    else:
+        assert family.samples is not None
+        samples = list(family.samples(data))
+    for label_values, value in samples:
+        metric.add_metric(list(label_values), float(value))
+    return metric
+
+
+class _ReferenceCollector(Collector):
+    def __init__(self, data: ExpositionInput, *, include_fleet: bool) -> None:
+        self._data = data
+        self._include_fleet = include_fleet
+
+    def collect(self) -> Iterator[Metric]:
+        for family in FAMILIES:
+            if family.fleet_data and not self._include_fleet:
+                continue
+            yield _reference_metric(family, self._data)
+
+
+def _reference(data: ExpositionInput, *, include_fleet: bool) -> tuple[bytes, bytes]:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_ReferenceCollector(data, include_fleet=include_fleet))
+    openmetrics = generate_openmetrics(registry)  # type: ignore[no-untyped-call]
+    return generate_latest(registry), openmetrics
+
+
+def _assert_same_as_reference(rendered: RenderedExposition, data: ExpositionInput) -> None:
+    text, openmetrics = _reference(data, include_fleet=data.snapshot is not None)
+    text_self, openmetrics_self = _reference(data, include_fleet=False)
+    for body, expected in (
+        (rendered.text, text),
+        (rendered.openmetrics, openmetrics),
+        (rendered.text_self_only, text_self),
+        (rendered.openmetrics_self_only, openmetrics_self),
+    ):
+        assert body.plain == expected
+        assert gzip.decompress(body.gzipped) == expected
+        # one gzip member whose stream ends exactly at the trailer
+        member = zlib.decompressobj(wbits=31)
+        assert member.decompress(body.gzipped) == expected
+        assert member.eof
+        assert member.unused_data == b""
+
+
+_label_text = st.text(alphabet=st.sampled_from('ab-_0"\\\né'), min_size=1, max_size=6)
+_counts = st.integers(min_value=0, max_value=10**12)
+
+
+@st.composite
+def _histograms(draw: st.DrawFn) -> BootHistogram:
+    steps = draw(st.lists(st.integers(0, 50), min_size=len(BOUNDS_S) + 1, max_size=4))
+    cumulative = tuple(sum(steps[: i + 1]) for i in range(len(steps)))
+    return BootHistogram(
+        BOUNDS_S,
+        cumulative,
+        draw(st.floats(min_value=0, max_value=1e7, allow_nan=False)),
+        cumulative[-1],
+    )
+
+
+@st.composite
+def _fleet_variants(draw: st.DrawFn, product_id: str) -> ProductFleet:
+    statuses = st.sampled_from((*ENGINE_STATES, "hibernating", "weird\nstate"))
+    actions = st.sampled_from((*DOCUMENTED_ACTIONS, "restart", "custom_action"))
+    return ProductFleet(
+        product=Product(
+            product_id,
+            draw(_label_text),
+            "Display name",
+            draw(st.text("0123456789abcdef")),
+            draw(st.none() | st.integers(1, 10**6)),
+        ),
+        engines_by_status=MappingProxyType(draw(st.dictionaries(statuses, _counts))),
+        oldest_provisioning_age_s=draw(st.floats(min_value=0, max_value=1e9, allow_nan=False)),
+        lifetime_by_action=MappingProxyType(draw(st.dictionaries(actions, _counts))),
+        last_hour=MappingProxyType(draw(st.dictionaries(st.sampled_from(EventCategory), _counts))),
+        avg_boot_ms=draw(st.none() | st.integers(0, 10**6)),
+        boot_histogram=draw(_histograms()),
+        census=ProductCensus(
+            draw(_counts),
+            draw(st.floats(min_value=0, max_value=1e9, allow_nan=False)),
+            MappingProxyType(draw(st.dictionaries(_label_text, _counts, max_size=3))),
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class _Refresh:
+    segment_products: int
+    fleets: tuple[ProductFleet, ...] | None
+    """``None``: no snapshot yet."""
+    critical_failed_ratio: float
+    refresh_interval_s: float
+    last_duration_s: float
+
+
+@st.composite
+def _refresh_sequences(draw: st.DrawFn) -> list[_Refresh]:
+    """Refreshes over a few products, each product taking one of a few figure sets in each
+    refresh (or being absent), so that most refreshes repeat some products' figures."""
+    product_count = draw(st.integers(0, 9))
+    segment_products = draw(st.integers(1, 4))
+    variants = [
+        draw(st.lists(_fleet_variants(f"p{n}"), min_size=1, max_size=3))
+        for n in range(product_count)
+    ]
+    ratios = draw(st.lists(st.sampled_from((0.1, 0.5, 1.0)), min_size=1, max_size=2))
+    intervals = draw(st.lists(st.sampled_from((15.0, 2.5)), min_size=1, max_size=2))
+    refreshes = []
+    for _ in range(draw(st.integers(1, 6))):
+        present = draw(st.booleans() | st.just(True))
+        fleets = tuple(
+            choices[draw(st.integers(0, len(choices) - 1))]
+            for choices in variants
+            if draw(st.integers(0, 5)) > 0
+        )
+        refreshes.append(
+            _Refresh(
+                segment_products,
+                fleets if present else None,
+                draw(st.sampled_from(ratios)),
+                draw(st.sampled_from(intervals)),
+                draw(st.floats(min_value=0, max_value=100, allow_nan=False)),
+            )
+        )
+    return refreshes
+
+
+def _input(refresh: _Refresh) -> ExpositionInput:
+    snapshot = None
+    if refresh.fleets is not None:
+        snapshot = FleetSnapshot(
+            NOW, MappingProxyType({f.product.product_id: f for f in refresh.fleets})
+        )
+    return ExpositionInput(
+        snapshot=snapshot,
+        stats=RefreshStats(refresh.last_duration_s, 1.7e9, MappingProxyType({"audit": 2}), True),
+        critical_failed_ratio=refresh.critical_failed_ratio,
+        refresh_interval_s=refresh.refresh_interval_s,
+        version="1.2.3",
+    )
+
+
+@settings(max_examples=100, deadline=None)
+@given(_refresh_sequences())
+def test_incremental_exposition_is_byte_identical_to_a_full_render(
+    refreshes: Sequence[_Refresh],
+) -> None:
+    renderer = ExpositionRenderer(refreshes[0].segment_products)
+    for refresh in refreshes:
+        data = _input(refresh)
+        _assert_same_as_reference(renderer.render(data), data)
+
+
+@settings(max_examples=50, deadline=None)
+@given(_refresh_sequences())
+def test_incremental_json_bodies_equal_bodies_rendered_from_the_fleet(
+    refreshes: Sequence[_Refresh],
+) -> None:
+    renderer = ViewsRenderer(0.1, CATEGORIES)
+    for refresh in refreshes:
+        if refresh.fleets is None:
+            continue
+        fleets = {f.product.product_id: f for f in refresh.fleets}
+        views = renderer.render(FleetSnapshot(NOW, MappingProxyType(fleets)))
+        assert set(views.status) == set(views.metrics) == set(fleets)
+        for product_id, fleet in fleets.items():
+            assert views.status[product_id] == _json(status_view(fleet, 0.1))
+            assert views.metrics[product_id] == _json(metrics_view(fleet, CATEGORIES))
+
+
+def _json(body: dict[str, object]) -> bytes:
+    return json.dumps(body).encode()
+
+
+def _fleets(count: int) -> list[ProductFleet]:
+    histogram = BootHistogram(BOUNDS_S, (1, 2, 3, 4), 9.5, 4)
+    return [
+        ProductFleet(
+            product=Product(f"id-{n}", f"product-{n:04d}", f"Product {n}", f"{n:064x}"),
+            engines_by_status=MappingProxyType({"running": n, "failed": n % 3}),
+            oldest_provisioning_age_s=0.0,
+            lifetime_by_action=MappingProxyType({"provision": 10 * n}),
+            last_hour=MappingProxyType({EventCategory.PROVISION: n % 5}),
+            avg_boot_ms=4000,
+            boot_histogram=histogram,
+        )
+        for n in range(count)
+    ]
+
+
+def _snapshot_input(fleets: Sequence[ProductFleet]) -> ExpositionInput:
+    return _input(_Refresh(GZIP_SEGMENT_PRODUCTS, tuple(fleets), 0.1, 15.0, 0.2))
+
+
+def test_only_products_whose_figures_changed_are_rendered_again() -> None:
+    fleets = _fleets(100)
+    renderer = ExpositionRenderer()
+    views = ViewsRenderer(0.1, CATEGORIES)
+    renderer.render(_snapshot_input(fleets))
+    views.render(FleetSnapshot(NOW, MappingProxyType({f.product.product_id: f for f in fleets})))
+    assert renderer.last_rendered == views.last_rendered == 100
+
+    # equal figures in new objects, as the next refresh builds them, are not rendered again
+    fleets = [replace(f) for f in fleets]
+    fleets[7] = replace(fleets[7], engines_by_status=MappingProxyType({"running": 1}))
+    fleets[42] = replace(fleets[42], avg_boot_ms=1)
+    data = _snapshot_input(fleets)
+    assert data.snapshot is not None
+    _assert_same_as_reference(renderer.render(data), data)
+    views.render(data.snapshot)
+    assert renderer.last_rendered == views.last_rendered == 2
+
+
+def test_a_changed_context_renders_every_product_again() -> None:
+    fleets = _fleets(10)
+    renderer = ExpositionRenderer()
+    renderer.render(_snapshot_input(fleets))
+    data = replace(_snapshot_input(fleets), critical_failed_ratio=0.5)
+    _assert_same_as_reference(renderer.render(data), data)
+    assert renderer.last_rendered == 10
+
+
+def test_gzip_segments_of_unchanged_products_are_not_compressed_again() -> None:
+    fleets = _fleets(10 * GZIP_SEGMENT_PRODUCTS)
+    renderer = ExpositionRenderer()
+    first = renderer.render(_snapshot_input(fleets))
+    # both formats share the products' segments: one copy of the lines is compressed
+    assert len(first.text.plain) <= renderer.last_compressed_bytes < 1.1 * len(first.text.plain)
+    fleets[3] = replace(fleets[3], avg_boot_ms=1, lifetime_by_action=MappingProxyType({}))
+    second = renderer.render(_snapshot_input(fleets))
+    # one run of products per fleet family, the headers and the self-metrics
+    assert 0 < renderer.last_compressed_bytes < len(second.text.plain) / 5
+    assert gzip.decompress(second.openmetrics.gzipped) == second.openmetrics.plain
