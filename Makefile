@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest bench soak sysdeps-postgres sysdeps-all clean
+.PHONY: demo test lint typecheck pytest bench soak sysdeps-postgres sysdeps-ops sysdeps-all clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,10 +18,14 @@ $(STAMP): pyproject.toml
 sysdeps-postgres:
 	@sh tools/ensure-system-packages.sh postgres
 
+# The demo runs without Prometheus and Alertmanager when they cannot be installed (not root).
+sysdeps-ops:
+	@sh tools/ensure-system-packages.sh --optional prometheus alertmanager
+
 sysdeps-all:
 	@sh tools/ensure-system-packages.sh postgres prometheus alertmanager
 
-demo: sysdeps-postgres $(STAMP)
+demo: sysdeps-postgres sysdeps-ops $(STAMP)
 	$(BIN)/fleet-exporter demo $(DEMO_ARGS)
 
 lint: $(STAMP)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,9 +15,9 @@ from types import TracebackType
 
 import yaml
 
+from exporter import loopback
 from exporter.loopback import free_port, http_get, poll_until
 
-STOP_TIMEOUT_S = 10.0
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -36,8 +34,9 @@ def proc_status_kb(pid: int, field: str) -> int:
     raise KeyError(field)
 
 
-class ManagedProcess:
-    """A child process with a log file; ``stop`` sends SIGTERM, then SIGKILL if it must."""
+class ManagedProcess(loopback.ManagedProcess):
+    """A child process with a log file, measured through ``/proc`` and awaited over HTTP;
+    ``stop`` sends SIGTERM, then SIGKILL if it must."""
 
     def __init__(
         self,
@@ -46,31 +45,13 @@ class ManagedProcess:
         log_path: Path,
         env: dict[str, str] | None = None,
     ) -> None:
-        self.name = name
-        self._log = log_path.open("wb")
-        self._process = subprocess.Popen(
-            list(command),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-        )
-        self.log_path = log_path
-
-    @property
-    def pid(self) -> int:
-        return self._process.pid
-
-    def alive(self) -> bool:
-        return self._process.poll() is None
+        super().__init__(name, command, log_path, env={**os.environ, **(env or {})})
 
     def rss_mb(self) -> float:
         return proc_status_kb(self.pid, "VmRSS") / 1024
 
     def peak_rss_mb(self) -> float:
         return proc_status_kb(self.pid, "VmHWM") / 1024
-
-    def log_tail(self, chars: int = 2000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:]
 
     def wait_http(self, url: str, *, timeout_s: float, status: int = 200) -> None:
         def answered() -> bool:
@@ -79,17 +60,6 @@ class ManagedProcess:
             return http_get(url, timeout_s=5)[0] == status
 
         wait_for(answered, timeout_s=timeout_s, what=f"{self.name} at {url}")
-
-    def stop(self) -> int | None:
-        if self.alive():
-            self._process.send_signal(signal.SIGTERM)
-            try:
-                self._process.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-        self._log.close()
-        return self._process.returncode
 
     def __enter__(self) -> ManagedProcess:
         return self

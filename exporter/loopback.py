@@ -1,5 +1,6 @@
 """Small blocking helpers for driving local processes on loopback: a free port, a GET that
-never raises, and a poller with a deadline (never a fixed sleep).
+never raises, a poller with a deadline (never a fixed sleep), and a child process that
+logs to a file and is always stopped.
 
 Shared by the embedded PostgreSQL launcher, the demo, the benchmarks and the tests, so that
 each starts and waits for its processes the same way.
@@ -7,14 +8,20 @@ each starts and waits for its processes the same way.
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import socket
+import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
+
+STOP_TIMEOUT_S = 10.0
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -52,3 +59,56 @@ def poll_until(
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout_s:g} s waiting for {what}")
         time.sleep(every_s)
+
+
+class ManagedProcess:
+    """A child process in its own session, logging to a file.
+
+    Its own session keeps a terminal's Ctrl-C away from it: the owner stops it, in order,
+    with SIGTERM (SIGKILL after ``STOP_TIMEOUT_S``).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        command: Sequence[str],
+        log_path: Path,
+        *,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.log_path = log_path
+        with log_path.open("wb") as log:
+            self._process = subprocess.Popen(
+                list(command),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=cwd,
+                env=None if env is None else dict(env),
+                start_new_session=True,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def alive(self) -> bool:
+        return self._process.poll() is None
+
+    def log_tail(self, chars: int = 2000) -> str:
+        with contextlib.suppress(OSError):
+            return self.log_path.read_text(errors="replace")[-chars:]
+        return ""
+
+    def stop(self) -> int | None:
+        """Stop it if it still runs; its exit code."""
+        if self.alive():
+            self._process.send_signal(signal.SIGTERM)
+            try:
+                self._process.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        return self._process.returncode

@@ -1,9 +1,15 @@
 #!/bin/sh
 # Installs the system packages the tests and the demo need, when they are missing.
-# Usage: ensure-system-packages.sh [postgres] [prometheus] [alertmanager]
-# As root, missing packages are installed with apt; otherwise the script says what to install.
+# Usage: ensure-system-packages.sh [--optional] [postgres] [prometheus] [alertmanager]
+# As root, missing packages are installed with apt; otherwise the script says what to install
+# and fails, or, with --optional, exits quietly (the caller runs without them and says so).
 set -eu
 
+optional=""
+if [ "${1:-}" = "--optional" ]; then
+  optional=1
+  shift
+fi
 missing=""
 for want in "$@"; do
   case "$want" in
@@ -36,6 +42,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   apt-get update -qq
   # shellcheck disable=SC2086
   apt-get install -y -qq --no-install-recommends $missing >/dev/null
+elif [ -n "$optional" ]; then
+  exit 0
 else
   echo "missing system packages:$missing" >&2
   echo "install them (e.g. sudo apt-get install$missing) and run make again" >&2

@@ -1,9 +1,9 @@
 """The operations pack against the real thing: Prometheus scraping the service over a moving
 simulated fleet, evaluating the shipped rules, and Alertmanager delivering to a webhook.
 
-Everything runs as real processes on loopback. The shipped ``prometheus.yml`` is used with
-only its targets, intervals and rule file paths rewritten for the test; the rules are the
-shipped ones with ``for:`` shortened so alerts fire within the test.
+Everything runs as real processes on loopback. Prometheus and Alertmanager run through
+``exporter.demo.stack``, as in the demo: the shipped files with only targets, rule file
+paths, webhook URLs and timings rewritten, ``for:`` shortened so alerts fire within the test.
 """
 
 from __future__ import annotations
@@ -20,22 +20,26 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from exporter.demo.stack import (
+    ALERTMANAGER_COMMANDS,
+    PROMETHEUS_COMMANDS,
+    Commands,
+    OpsStack,
+    Ports,
+    Timing,
+)
 from exporter.pgcluster import EmbeddedPostgres, PostgresNotFound, apply_schema
 from tests.support.db import fetch_value, insert_engine, insert_product
 from tests.support.opspack import (
-    ALERT_RULES,
-    ALERTMANAGER_CONFIG,
     EXPORTER_JOB,
-    PROMETHEUS_CONFIG,
     find_tool,
     load_dashboard,
-    load_yaml,
+    load_rules,
     panel_queries,
     rules_of,
     substitute_grafana_variables,
@@ -71,9 +75,7 @@ class Webhook:
 @dataclass
 class Stack:
     dsn: str
-    exporter_port: int
     prometheus_port: int
-    alertmanager_port: int
     webhook: Webhook
     rules: dict[str, Any]
 
@@ -87,57 +89,15 @@ class Stack:
         return result
 
 
-def _rewrite_prometheus_config(
-    exporter_port: int, prometheus_port: int, alertmanager_port: int, rules_file: Path
-) -> dict[str, Any]:
-    config: dict[str, Any] = load_yaml(PROMETHEUS_CONFIG)
-    config.setdefault("global", {}).update({"scrape_interval": "1s", "evaluation_interval": "1s"})
-    config["rule_files"] = [str(rules_file)]
-    config["alerting"] = {
-        "alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{alertmanager_port}"]}]}]
-    }
-    jobs = [job for job in config["scrape_configs"] if job["job_name"] == EXPORTER_JOB]
-    assert jobs, f"prometheus.yml has no {EXPORTER_JOB} job"
-    exporter_job = jobs[0]
-    assert exporter_job.get("metrics_path") == "/prometheus"
-    exporter_job["static_configs"] = [{"targets": [f"127.0.0.1:{exporter_port}"]}]
-    exporter_job.pop("authorization", None)
-    self_job = {
-        "job_name": "prometheus",
-        "static_configs": [{"targets": [f"127.0.0.1:{prometheus_port}"]}],
-    }
-    config["scrape_configs"] = [exporter_job, self_job]
-    return config
-
-
-def _shortened_rules() -> dict[str, Any]:
-    rules: dict[str, Any] = load_yaml(ALERT_RULES)
-    for group in rules["groups"]:
-        group["interval"] = "1s"
-        for rule in group["rules"]:
-            if "alert" in rule:
-                rule["for"] = "0s"
-    return rules
-
-
-def _rewrite_alertmanager_config(webhook_port: int) -> dict[str, Any]:
-    config: dict[str, Any] = load_yaml(ALERTMANAGER_CONFIG)
-    for receiver in config["receivers"]:
-        for webhook in receiver.get("webhook_configs", []):
-            webhook["url"] = f"http://127.0.0.1:{webhook_port}/{receiver['name']}"
-    route = config["route"]
-    route.update({"group_wait": "1s", "group_interval": "1s", "repeat_interval": "1h"})
-    for child in route.get("routes", []):
-        for key in ("group_wait", "group_interval"):
-            if key in child:
-                child[key] = "1s"
-    return config
+LIVE_TIMING = Timing(scrape_interval_s=1.0, speedup=300.0)
+"""A five-minute ``for:`` takes one second, so alerts fire within the test."""
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    prometheus = find_tool("prometheus")
-    alertmanager = find_tool("prometheus-alertmanager", "alertmanager")
+    commands = Commands(
+        prometheus=find_tool(*PROMETHEUS_COMMANDS), alertmanager=find_tool(*ALERTMANAGER_COMMANDS)
+    )
     tmp = tmp_path_factory.mktemp("stack")
     try:
         server = EmbeddedPostgres()
@@ -150,23 +110,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with server:
         dsn = server.create_database("orchestrator")
         apply_schema(dsn)
-        ports = [free_port() for _ in range(4)]
-        exporter_port, prometheus_port, alertmanager_port, webhook_port = ports
+        exporter_port, prometheus_port, alertmanager_port, webhook_port = (
+            free_port() for _ in range(4)
+        )
         webhook = Webhook(webhook_port)
         webhook_server = webhook.serve()
-        rules = _shortened_rules()
-        rules_file = tmp / "alerts.yml"
-        rules_file.write_text(yaml.safe_dump(rules))
-        prometheus_config = tmp / "prometheus.yml"
-        prometheus_config.write_text(
-            yaml.safe_dump(
-                _rewrite_prometheus_config(
-                    exporter_port, prometheus_port, alertmanager_port, rules_file
-                )
-            )
+        ops = OpsStack(
+            commands=commands,
+            ports=Ports(
+                exporter=exporter_port, prometheus=prometheus_port, alertmanager=alertmanager_port
+            ),
+            receiver_url=f"http://127.0.0.1:{webhook_port}",
+            timing=LIVE_TIMING,
         )
-        alertmanager_config = tmp / "alertmanager.yml"
-        alertmanager_config.write_text(yaml.safe_dump(_rewrite_alertmanager_config(webhook_port)))
         exporter_config = tmp / "exporter.yaml"
         exporter_config.write_text(
             yaml.safe_dump(
@@ -201,41 +157,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 "exporter",
                 [sys.executable, "-m", "exporter", "serve", "--config", str(exporter_config)],
             )
-            spawn(
-                "alertmanager",
-                [
-                    alertmanager,
-                    f"--config.file={alertmanager_config}",
-                    f"--storage.path={tmp / 'alertmanager-data'}",
-                    f"--web.listen-address=127.0.0.1:{alertmanager_port}",
-                    "--cluster.listen-address=",
-                ],
-            )
-            spawn(
-                "prometheus",
-                [
-                    prometheus,
-                    f"--config.file={prometheus_config}",
-                    f"--storage.tsdb.path={tmp / 'prometheus-data'}",
-                    f"--web.listen-address=127.0.0.1:{prometheus_port}",
-                ],
-            )
-            poll_until(
-                lambda: http_get(f"http://127.0.0.1:{exporter_port}/readyz")[0] == 200,
-                timeout_s=60,
-                what="the exporter to be ready",
-            )
-            poll_until(
-                lambda: http_get(f"http://127.0.0.1:{alertmanager_port}/-/ready")[0] == 200,
-                timeout_s=60,
-                what="Alertmanager to be ready",
-            )
-            poll_until(
-                lambda: http_get(f"http://127.0.0.1:{prometheus_port}/-/ready")[0] == 200,
-                timeout_s=60,
-                what="Prometheus to be ready",
-            )
-            yield Stack(dsn, exporter_port, prometheus_port, alertmanager_port, webhook, rules)
+            ops.start()
+            try:
+                poll_until(
+                    lambda: http_get(f"http://127.0.0.1:{exporter_port}/readyz")[0] == 200,
+                    timeout_s=60,
+                    what="the exporter to be ready",
+                )
+                ops.wait_ready(timeout_s=60)
+                yield Stack(dsn, prometheus_port, webhook, load_rules())
+            except BaseException:
+                print(ops.logs())
+                raise
+            finally:
+                ops.stop()
         except BaseException:
             for log in sorted(logs.iterdir()):
                 print(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}")

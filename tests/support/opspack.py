@@ -20,20 +20,21 @@ from typing import Any
 import pytest
 import yaml
 
+from exporter.demo.stack import ALERTMANAGER_CONFIG as ALERTMANAGER_CONFIG
+from exporter.demo.stack import EXPORTER_JOB as EXPORTER_JOB
+from exporter.demo.stack import PROMETHEUS_CONFIG
+
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "dashboards" / "engine-fleet.json"
 GRAFANA_DATASOURCES = ROOT / "dashboards" / "provisioning" / "datasources" / "prometheus.yml"
 GRAFANA_DASHBOARDS = ROOT / "dashboards" / "provisioning" / "dashboards" / "engine-fleet.yml"
-PROMETHEUS_CONFIG = ROOT / "config" / "prometheus" / "prometheus.yml"
-ALERT_RULES = ROOT / "config" / "prometheus" / "alerts.yml"
-ALERT_TESTS = ROOT / "config" / "prometheus" / "alerts_test.yml"
-ALERTMANAGER_CONFIG = ROOT / "config" / "alertmanager" / "alertmanager.yml"
+ALERT_RULES = PROMETHEUS_CONFIG.parent / "alerts.yml"
+ALERT_TESTS = PROMETHEUS_CONFIG.parent / "alerts_test.yml"
 EXPORTER_CONFIG = ROOT / "config" / "exporter.yaml"
 RUNBOOKS = ROOT / "docs" / "runbooks"
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 
-EXPORTER_JOB = "engine-fleet-exporter"
 RUNBOOK_BASE_URL = (
     "https://github.com/engine-fleet-exporter/engine-fleet-exporter/blob/main/docs/runbooks/"
 )
