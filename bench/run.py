@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import functools
 import gzip
+import os
 import platform
 import shlex
 import statistics
@@ -37,6 +38,7 @@ import aiohttp
 import psycopg2
 
 from bench import dbtime, peer
+from bench.census import CensusCost, census_rows, measure_census_cost
 from bench.generate import Scale, append_audit_rows, bench_key, generate
 from bench.load import LoadResult, ensure_wrk, run_load, tool_name
 from bench.pairs import PAIRS, PairedRatio, paired_ratio, run_interleaved
@@ -141,6 +143,7 @@ class ScaleResult:
     refreshes: Refreshes
     served: ServedFigures
     peer: PeerFigures | None = None
+    census: CensusCost | None = None
 
 
 def short(scale: Scale) -> str:
@@ -369,6 +372,9 @@ def _measure_scale(
         _say(f"  cold {refreshes.cold_s:.2f} s, steady {refreshes.steady_s:.3f} s; serving")
         served = _measure_served(workdir, dsn, plan, scale, wrk)
         result = ScaleResult(scale, generate_s, refreshes, served)
+        if scale == plan.main and dbtime.available(dsn):
+            _say("  engine census against the plain count")
+            result.census = measure_census_cost(dsn, scale)
         if with_peer and scale == plan.main:
             _say("  query-exporter side by side")
             result.peer = _measure_peer(workdir, cluster, dbname, wrk, plan.load_seconds)
@@ -450,6 +456,8 @@ def build_rows(plan: Plan, results: list[ScaleResult]) -> list[Row]:
                 ),
             )
         )
+        if result.census is not None:
+            rows += census_rows(label, result.census, statement_name)
         rows.append(
             Row(
                 label,
@@ -583,13 +591,70 @@ def _postgres_version(cluster: EmbeddedPostgres) -> str:
         connection.close()
 
 
+def _details(
+    mode: str, started: float, argv: list[str] | None, cluster_version: str
+) -> list[tuple[str, str]]:
+    command = shlex.join(["python", "-m", "bench.run", *(argv or sys.argv[1:])])
+    return [
+        ("mode", f"{mode}, {time.monotonic() - started:.0f} s in all"),
+        ("command", f"`{command}` (what `make bench` runs; `BENCH_ARGS` adds the flags)"),
+        ("machine", machine()),
+        (
+            "versions",
+            f"PostgreSQL {cluster_version}, Python {platform.python_version()}, "
+            f"aiohttp {aiohttp.__version__}, engine-fleet-exporter {__version__}",
+        ),
+    ]
+
+
+def _load_average() -> str:
+    return Path("/proc/loadavg").read_text().split()[0]
+
+
+def run_census_only(scale: Scale, argv: list[str] | None, *, append: bool) -> int:
+    """``--census-only``: the engine census comparison alone, at one scale."""
+    started = time.monotonic()
+    load_before = _load_average()
+    with EmbeddedPostgres(durable=False) as cluster:
+        postgres_version = _postgres_version(cluster)
+        dsn = cluster.create_database("bench_census")
+        apply_schema(dsn, indexes=False)
+        _say(f"generating {scale.label}")
+        generate(dsn, scale)
+        if not dbtime.available(dsn):
+            raise RuntimeError("pg_stat_statements is needed to measure database time")
+        _say("engine census against the plain count")
+        cost = measure_census_cost(dsn, scale)
+    table = render_table(census_rows(short(scale), cost, statement_name))
+    print(table)
+    details = _details("census only", started, argv, postgres_version)
+    details.append(("pairs", f"{PAIRS} interleaved pairs, each refresh after 1,000 new audit rows"))
+    details.append(
+        (
+            "machine load",
+            f"1-minute load average {load_before} before, {_load_average()} after, on"
+            f" {os.cpu_count()} cores (above the core count, other work shared them)",
+        )
+    )
+    if append:
+        append_results("engine census run", details, table)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small scales, a few minutes")
     parser.add_argument("--no-peer", action="store_true", help="skip query-exporter")
     parser.add_argument("--no-append", action="store_true", help="do not write bench/RESULTS.md")
+    parser.add_argument(
+        "--census-only",
+        action="store_true",
+        help="only the engine census against the plain count, at 1M engines",
+    )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
+    if args.census_only:
+        return run_census_only(plan.history_reference, argv, append=not args.no_append)
     workdir = OUT_DIR / datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     workdir.mkdir(parents=True, exist_ok=True)
     wrk = ensure_wrk()
@@ -604,16 +669,8 @@ def main(argv: list[str] | None = None) -> int:
             )
     table = render_table(build_rows(plan, results))
     print(table)
-    command = shlex.join(["python", "-m", "bench.run", *(argv or sys.argv[1:])])
     details = [
-        ("mode", f"{plan.mode}, {time.monotonic() - started:.0f} s in all"),
-        ("command", f"`{command}` (what `make bench` runs; `BENCH_ARGS` adds the flags)"),
-        ("machine", machine()),
-        (
-            "versions",
-            f"PostgreSQL {postgres_version}, Python {platform.python_version()}, "
-            f"aiohttp {aiohttp.__version__}, engine-fleet-exporter {__version__}",
-        ),
+        *_details(plan.mode, started, argv, postgres_version),
         (
             "load tool",
             f"{tool_name(wrk)}, {plan.load_seconds:g} s per run on loopback; side-by-side ratios"

@@ -7,8 +7,9 @@ what changed: a product whose figures equal the previous snapshot's keeps its fl
 and its rendered pieces. The first successful refresh counts
 the whole audit log; every later one reads only the rows added since (``exporter.audit``).
 Engines are counted per status on every refresh; the engine census (versions, probe figures),
-which must read every engine row, replaces that count at most every
-``refresh.engine_census_interval_s`` and is carried, with the time it was taken, in between.
+which must read every engine row, replaces that count every
+``refresh.engine_census_interval_s`` (and when a product appears) and is carried, with the
+time it was taken, in between.
 Nothing downstream ever queries the database because of a scrape or a ``/status`` call.
 """
 
