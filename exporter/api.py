@@ -209,6 +209,11 @@ async def fleet_status(request: web.Request) -> web.Response:
 
 
 async def fleet_metrics(request: web.Request) -> web.Response:
+    refresher = request.app[REFRESHER]
+    snapshot = refresher.published.snapshot
+    if snapshot is not None and not snapshot.audit_counted and not refresher.is_stale():
+        _authenticate(request, refresher.published)
+        raise _backfill_running(refresher)
     return _snapshot_body(request, lambda views: views.metrics)
 
 
@@ -224,6 +229,19 @@ def _check_bearer_token(request: web.Request, token: str) -> None:
             "A valid bearer token is required for this endpoint.",
             headers={"WWW-Authenticate": "Bearer"},
         )
+
+
+def _backfill_running(refresher: Refresher) -> ApiError:
+    """The answer while the audit history is being counted: a partial count is no total."""
+    percent = math.floor(refresher.audit.progress * 1000) / 10
+    retry_after = max(1, math.ceil(refresher.published.next_refresh_unix - time.time()))
+    return ApiError(
+        503,
+        "AUDIT_BACKFILL_RUNNING",
+        f"The audit log is still being counted ({percent:g}% done); lifetime figures are"
+        " served once it is complete.",
+        headers={"Retry-After": str(retry_after)},
+    )
 
 
 async def prometheus(request: web.Request) -> web.Response:
@@ -255,7 +273,14 @@ async def readyz(request: web.Request) -> web.Response:
         raise ApiError(503, "FLEET_DATA_UNAVAILABLE", "Not ready: no refresh has succeeded yet.")
     if refresher.is_stale():
         raise ApiError(503, "FLEET_DATA_STALE", "Not ready: fleet data is stale.")
-    return web.json_response({"status": "ready"})
+    audit = refresher.audit
+    return web.json_response(
+        {
+            "status": "ready",
+            "audit": "counted" if audit.counted else "backfilling",
+            "audit_progress": round(audit.progress, 4),
+        }
+    )
 
 
 _LANDING = """<!doctype html>

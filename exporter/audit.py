@@ -90,13 +90,12 @@ class IdGapTracker:
         self.high_water = high_water
         self.gaps: list[IdGap] = sorted(gaps, key=lambda g: g.lo)
 
-    @classmethod
-    def from_initial_pass(
-        cls, high_water: int, missing: Iterable[tuple[int, int]], snapshot: DbSnapshot
-    ) -> IdGapTracker:
-        """Start from a full count: every id missing below the highest one is a gap."""
-        gaps = (IdGap(lo, hi, snapshot.observed_at) for lo, hi in missing if lo <= hi)
-        return cls(high_water, gaps)
+    def add_missing(self, missing: Iterable[tuple[int, int]], at: datetime) -> None:
+        """Ids at or below the high-water mark found missing by a backfill chunk read at
+        ``at`` (its ``observed_at``): they become gaps like any other. Their ranges never
+        overlap a gap already kept, because no chunk covers ids the tracker already owns."""
+        self.gaps.extend(IdGap(lo, hi, at) for lo, hi in missing if lo <= hi)
+        self.gaps.sort(key=lambda g: g.lo)
 
     def read_plan(self) -> ReadPlan:
         return ReadPlan(
@@ -162,7 +161,7 @@ class IdGapTracker:
 def bucket_thresholds_ms(upper_bounds_s: Sequence[float]) -> tuple[int, ...]:
     """Integer thresholds such that a whole-millisecond duration ``d`` falls in the bucket
     ``le=b`` exactly when ``d <= b * 1000``: the bucket index is the number of thresholds
-    ``<= d``. The same thresholds drive PostgreSQL's ``width_bucket`` in the start-up pass,
+    ``<= d``. The same thresholds drive PostgreSQL's ``width_bucket`` in the backfill,
     so SQL and Python put every duration in the same bucket."""
     return tuple(
         int((Decimal(str(b)) * 1000).to_integral_value("ROUND_FLOOR")) + 1 for b in upper_bounds_s

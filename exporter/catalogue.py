@@ -28,8 +28,9 @@ from exporter.domain import Health as HealthState
 
 _CENSUS = " Counted from every engine row once per refresh.engine_census_interval_s."
 
-REFRESH_STAGES: tuple[str, ...] = ("connect", "products", "engines", "audit")
-"""Where a refresh can fail; each has its own ``refresh_errors_total`` series."""
+REFRESH_STAGES: tuple[str, ...] = ("connect", "products", "engines", "audit", "backfill")
+"""Where a refresh can fail (``backfill``: a chunk of the audit history); each has its own
+``refresh_errors_total`` series."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +41,8 @@ class RefreshStats:
     last_success_unix: float | None
     errors_by_stage: Mapping[str, int]
     database_up: bool
+    audit_progress: float
+    """Share of the audit history counted, 0..1."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +54,8 @@ class FleetContext:
     """
 
     critical_failed_ratio: float
+    audit_counted: bool
+    """The audit history is counted: until then the audit families have no samples."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +68,10 @@ class ExpositionInput:
 
     @property
     def fleet_context(self) -> FleetContext:
-        return FleetContext(critical_failed_ratio=self.critical_failed_ratio)
+        return FleetContext(
+            critical_failed_ratio=self.critical_failed_ratio,
+            audit_counted=self.snapshot is not None and self.snapshot.audit_counted,
+        )
 
 
 Labels = tuple[str, ...]
@@ -113,12 +121,15 @@ def _failed_ratio(fleet: ProductFleet, context: FleetContext) -> Iterable[Sample
 
 
 def _lifecycle_events(fleet: ProductFleet, context: FleetContext) -> Iterable[Sample]:
+    if not context.audit_counted:
+        return
     for action, count in counts_for_labels(fleet.lifetime_by_action, DOCUMENTED_ACTIONS).items():
         yield (fleet.product.slug, action), count
 
 
 def _boot_durations(fleet: ProductFleet, context: FleetContext) -> Iterable[HistogramSample]:
-    yield (fleet.product.slug,), fleet.boot_histogram
+    if context.audit_counted:
+        yield (fleet.product.slug,), fleet.boot_histogram
 
 
 def _oldest_provisioning(fleet: ProductFleet, context: FleetContext) -> Iterable[Sample]:
@@ -154,6 +165,10 @@ def _last_success(data: ExpositionInput) -> Iterable[Sample]:
 def _refresh_errors(data: ExpositionInput) -> Iterable[Sample]:
     for stage in REFRESH_STAGES:
         yield (stage,), data.stats.errors_by_stage.get(stage, 0)
+
+
+def _backfill_progress(data: ExpositionInput) -> Iterable[Sample]:
+    yield (), data.stats.audit_progress
 
 
 def _database_up(data: ExpositionInput) -> Iterable[Sample]:
@@ -275,10 +290,20 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "engine_fleet_exporter_refresh_errors_total",
         "counter",
-        "Failed refreshes by the stage that failed (connect, products, engines, audit).",
+        "Failed refreshes by the stage that failed (connect, products, engines, audit;"
+        " backfill: a chunk of the audit history).",
         ("stage",),
         fleet_data=False,
         samples=_refresh_errors,
+    ),
+    Family(
+        "engine_fleet_exporter_audit_backfill_progress_ratio",
+        "gauge",
+        "Share of the audit history counted since start, 0..1 (1 once counted); the audit"
+        " series are absent below 1.",
+        (),
+        fleet_data=False,
+        samples=_backfill_progress,
     ),
     Family(
         "engine_fleet_database_up",

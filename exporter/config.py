@@ -211,9 +211,11 @@ class RefreshSettings:
     max_staleness_s: float = field(
         default=120.0, metadata=_rule(_number(above=0, at_most=7 * 86400))
     )
-    startup_timeout_s: float = field(default=300.0, metadata=_rule(_number(above=0, at_most=3600)))
     engine_census_interval_s: float = field(
         default=60.0, metadata=_rule(_number(at_least=0, at_most=3600))
+    )
+    backfill_statement_s: float = field(
+        default=2.0, metadata=_rule(_number(at_least=0.1, at_most=60))
     )
 
     def __post_init__(self) -> None:
@@ -281,6 +283,12 @@ class Settings:
 
 _SECTIONS: dict[str, type[Any]] = get_type_hints(Settings)
 
+_REMOVED_KEYS = {
+    "refresh.startup_timeout_s": "removed: the audit log is counted in chunks, each"
+    " statement bounded by refresh.backfill_statement_s",
+}
+"""Keys of earlier versions, rejected with what replaced them rather than as unknown."""
+
 
 def _describe(value: object) -> str:
     """A short one-line rendering of a rejected value, as the YAML author wrote it."""
@@ -307,6 +315,8 @@ def _section_values(
         raise ConfigError(f"{name}: expected a mapping, got {_describe(raw)}")
     keys = _keys(section)
     for key in raw:
+        if f"{name}.{key}" in _REMOVED_KEYS:
+            raise ConfigError(f"{name}.{key}: {_REMOVED_KEYS[f'{name}.{key}']}")
         if key not in keys:
             raise ConfigError(f"{name}.{key}: unknown key")
     values: dict[str, object] = {}

@@ -79,6 +79,13 @@ async def _execute(cursor: Any, sql: str, params: Mapping[str, object], timeout_
         raise StatementCancelled("statement cancelled by the server (statement_timeout)") from None
 
 
+def is_cancelled_statement(error: object) -> bool:
+    """The server cancelled a statement (``statement_timeout``). aiopg also hands such an
+    error to the event loop's exception handler, besides raising ``CancelledError`` in the
+    caller, which ``_execute`` turns into ``StatementCancelled``."""
+    return isinstance(error, psycopg2.extensions.QueryCanceledError)
+
+
 class Transaction:
     """Statements run inside one read-only REPEATABLE READ transaction: one snapshot."""
 
@@ -94,7 +101,8 @@ class Transaction:
         return rows
 
     async def allow_statement_time(self, seconds: float) -> None:
-        """Raise this transaction's statement timeout (and the client backstop) for a long read."""
+        """Set this transaction's statement timeout (and the client backstop to match): the
+        backfill bounds its statements by its own limit, not the session's."""
         await _execute(
             self._cursor,
             "SELECT set_config('statement_timeout', %(ms)s, true)",

@@ -304,6 +304,9 @@ class FleetSnapshot:
     )
     census_taken_at: datetime | None = None
     """When the engine census behind each fleet's ``census`` was taken (database time)."""
+    audit_counted: bool = False
+    """The whole audit log is counted; until then the audit figures are partial and are not
+    shown (``/metrics`` answers 503, the audit-derived series are absent)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -71,47 +71,63 @@ and runs only every ``refresh.engine_census_interval_s``, in place of ``engine_c
 
 AUDIT_ID_BOUNDS = Statement("audit_id_bounds", "SELECT min(id), max(id) FROM audit_log")
 
-AUDIT_TOTALS = Statement(
-    "audit_totals",
-    """
+_IN_CHUNK = "id BETWEEN %(lo)s AND %(hi)s"
+"""Every backfill statement reads one id range of the primary key: a bounded index range."""
+
+AUDIT_CHUNK_TOTALS = Statement(
+    "audit_chunk_totals",
+    f"""
     SELECT product_id::text, action, count(*),
            CASE WHEN action = ANY(%(boot_actions)s) AND duration_ms IS NOT NULL
                 THEN width_bucket(duration_ms, %(thresholds_ms)s::int[]) END AS bucket,
            coalesce(sum(duration_ms) FILTER (WHERE action = ANY(%(boot_actions)s)), 0)
     FROM audit_log
-    WHERE product_id IS NOT NULL
+    WHERE {_IN_CHUNK} AND product_id IS NOT NULL
     GROUP BY 1, 2, 4
     """,
 )
 
-AUDIT_MISSING_IDS = Statement(
-    "audit_missing_ids",
-    """
-    SELECT id + 1, next_id - 1
-    FROM (SELECT id, lead(id) OVER (ORDER BY id) AS next_id FROM audit_log) AS ordered
-    WHERE next_id > id + 1
+AUDIT_CHUNK_MISSING_IDS = Statement(
+    "audit_chunk_missing_ids",
+    f"""
+    SELECT hole.lo, hole.hi
+    FROM (SELECT id,
+                 lag(id, 1, %(lo)s::bigint - 1) OVER w AS previous_id,
+                 lead(id, 1, %(hi)s::bigint + 1) OVER w AS next_id
+          FROM audit_log
+          WHERE {_IN_CHUNK}
+          WINDOW w AS (ORDER BY id)) AS present
+    CROSS JOIN LATERAL (VALUES (previous_id + 1, id - 1, previous_id = %(lo)s::bigint - 1),
+                               (id + 1, next_id - 1, true)) AS hole(lo, hi, counts)
+    WHERE hole.counts AND hole.lo <= hole.hi
+    UNION ALL
+    SELECT %(lo)s::bigint, %(hi)s::bigint
+    WHERE NOT EXISTS (SELECT FROM audit_log WHERE {_IN_CHUNK})
     """,
 )
+"""The ids of the range that are not visible: before the first present id (only the first
+row's ``previous_id`` is the range's edge), after each present id, or the whole range."""
 
-AUDIT_RECENT_BOOTS = Statement(
-    "audit_recent_boots",
-    """
+AUDIT_CHUNK_RECENT_BOOTS = Statement(
+    "audit_chunk_recent_boots",
+    f"""
     SELECT product_id::text, id, duration_ms
     FROM (SELECT product_id, id, duration_ms,
                  row_number() OVER (PARTITION BY product_id ORDER BY id DESC) AS newest_first
           FROM audit_log
-          WHERE action = ANY(%(boot_actions)s) AND duration_ms IS NOT NULL
+          WHERE {_IN_CHUNK} AND action = ANY(%(boot_actions)s) AND duration_ms IS NOT NULL
             AND product_id IS NOT NULL) AS boots
     WHERE newest_first <= %(sample_size)s
     """,
 )
 
-AUDIT_LAST_HOUR = Statement(
-    "audit_last_hour",
-    """
+AUDIT_CHUNK_LAST_HOUR = Statement(
+    "audit_chunk_last_hour",
+    f"""
     SELECT product_id::text, action, timestamp
     FROM audit_log
-    WHERE timestamp > %(since)s AND action = ANY(%(actions)s) AND product_id IS NOT NULL
+    WHERE {_IN_CHUNK} AND timestamp > %(since)s AND action = ANY(%(actions)s)
+      AND product_id IS NOT NULL
     """,
 )
 
@@ -277,32 +293,54 @@ class AuditTotal:
     boot_sum_ms: int
 
 
-async def fetch_audit_totals(
-    tx: Transaction, boot_actions: Sequence[str], thresholds_ms: Sequence[int]
-) -> list[AuditTotal]:
-    params = {"boot_actions": list(boot_actions), "thresholds_ms": list(thresholds_ms)}
-    return [
+@dataclass(frozen=True, slots=True)
+class AuditChunk:
+    """What one backfill chunk found in its id range."""
+
+    totals: list[AuditTotal]
+    missing: list[tuple[int, int]]
+    recent_boots: list[tuple[str, int, int]]
+    last_hour: list[tuple[str, str, datetime]]
+
+
+async def fetch_audit_chunk(
+    tx: Transaction,
+    lo: int,
+    hi: int,
+    *,
+    boot_actions: Sequence[str],
+    thresholds_ms: Sequence[int],
+    sample_size: int,
+    since: datetime,
+    tracked_actions: Sequence[str],
+) -> AuditChunk:
+    """Counts and boundaries of the ids ``lo..hi``: per product and action totals with the
+    boot histogram, the ids not visible, the newest boots per product and the rows of the
+    rolling window."""
+    params: dict[str, object] = {
+        "lo": lo,
+        "hi": hi,
+        "boot_actions": list(boot_actions),
+        "thresholds_ms": list(thresholds_ms),
+        "sample_size": sample_size,
+        "since": since,
+        "actions": list(tracked_actions),
+    }
+    totals = [
         AuditTotal(product_id, action, int(rows), bucket, int(sum_ms))
-        for product_id, action, rows, bucket, sum_ms in await tx.fetch_all(AUDIT_TOTALS, params)
+        for product_id, action, rows, bucket, sum_ms in await tx.fetch_all(
+            AUDIT_CHUNK_TOTALS, params
+        )
     ]
-
-
-async def fetch_audit_missing_ids(tx: Transaction) -> list[tuple[int, int]]:
-    return [(int(lo), int(hi)) for lo, hi in await tx.fetch_all(AUDIT_MISSING_IDS)]
-
-
-async def fetch_audit_recent_boots(
-    tx: Transaction, boot_actions: Sequence[str], sample_size: int
-) -> list[tuple[str, int, int]]:
-    params = {"boot_actions": list(boot_actions), "sample_size": sample_size}
-    return [(p, int(i), int(d)) for p, i, d in await tx.fetch_all(AUDIT_RECENT_BOOTS, params)]
-
-
-async def fetch_audit_last_hour(
-    tx: Transaction, since: datetime, actions: Sequence[str]
-) -> list[tuple[str, str, datetime]]:
-    params = {"since": since, "actions": list(actions)}
-    return [(p, a, t) for p, a, t in await tx.fetch_all(AUDIT_LAST_HOUR, params)]
+    missing = [(int(a), int(b)) for a, b in await tx.fetch_all(AUDIT_CHUNK_MISSING_IDS, params)]
+    boots = await tx.fetch_all(AUDIT_CHUNK_RECENT_BOOTS, params)
+    last_hour = await tx.fetch_all(AUDIT_CHUNK_LAST_HOUR, params)
+    return AuditChunk(
+        totals=totals,
+        missing=sorted(missing),
+        recent_boots=[(p, int(i), int(d)) for p, i, d in boots],
+        last_hour=[(p, a, t) for p, a, t in last_hour],
+    )
 
 
 def _audit_row(row: Sequence[object]) -> AuditRow:

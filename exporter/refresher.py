@@ -4,8 +4,9 @@ Each refresh runs in one read-only REPEATABLE READ transaction (one consistent s
 products, engines and the audit log), builds the snapshot, renders the Prometheus exposition
 and the JSON bodies for it and publishes them with a single reference swap. Rendering costs
 what changed: a product whose figures equal the previous snapshot's keeps its fleet object
-and its rendered pieces. The first successful refresh counts
-the whole audit log; every later one reads only the rows added since (``exporter.audit``).
+and its rendered pieces. Fleet state is published from the first refresh on; the audit
+history that existed at start is counted by the backfill in bounded chunks between
+refreshes, while every refresh reads the rows added since (``exporter.audit_counter``).
 Engines are counted per status on every refresh; the engine census (versions, probe figures),
 which must read every engine row, replaces that count every
 ``refresh.engine_census_interval_s`` (and when a product appears) and is carried, with the
@@ -24,16 +25,15 @@ from datetime import datetime, timedelta
 from types import MappingProxyType
 
 from exporter import queries
-from exporter.audit import AuditRow, AuditTally, DbSnapshot, IdGapTracker
+from exporter.audit import DbSnapshot
+from exporter.audit_counter import AuditCounter, FirstRead, LiveRead
 from exporter.catalogue import REFRESH_STAGES, ExpositionInput, RefreshStats
 from exporter.config import Settings
-from exporter.db import Database, DatabaseUnavailable, Transaction
+from exporter.db import Database, DatabaseUnavailable
 from exporter.domain import (
-    ROLLING_WINDOW,
     ActionCategories,
     EngineCensus,
     EngineGroup,
-    EventCategory,
     FleetSnapshot,
     Product,
     ProductCensus,
@@ -57,107 +57,6 @@ class Published:
     exposition: RenderedExposition
     views: RenderedViews | None
     """The JSON snapshot bodies; ``None`` exactly when ``snapshot`` is."""
-
-
-@dataclass(frozen=True, slots=True)
-class _AuditRead:
-    """What one refresh read from the audit log, applied only once the transaction succeeded."""
-
-    snapshot: DbSnapshot
-    rows: list[AuditRow]
-
-
-@dataclass(frozen=True, slots=True)
-class _StartupRead:
-    snapshot: DbSnapshot
-    high_water: int
-    missing: list[tuple[int, int]]
-    totals: list[queries.AuditTotal]
-    recent_boots: list[tuple[str, int, int]]
-    last_hour: list[tuple[str, str, datetime]]
-
-
-class AuditCounter:
-    """Owns the incremental audit state: the id tracker and the running tally."""
-
-    def __init__(self, settings: Settings, categories: ActionCategories) -> None:
-        self._settings = settings
-        self._categories = categories
-        self._tracker: IdGapTracker | None = None
-        self._tally = self._new_tally()
-
-    def _new_tally(self) -> AuditTally:
-        return AuditTally(
-            self._categories,
-            self._settings.metrics.boot_buckets_s,
-            self._settings.metrics.boot_sample_size,
-        )
-
-    @property
-    def started(self) -> bool:
-        return self._tracker is not None
-
-    @property
-    def tally(self) -> AuditTally:
-        return self._tally
-
-    @property
-    def tracker(self) -> IdGapTracker | None:
-        return self._tracker
-
-    async def read(self, tx: Transaction, snapshot: DbSnapshot) -> _AuditRead | _StartupRead:
-        if self._tracker is None:
-            return await self._read_everything(tx, snapshot)
-        plan = self._tracker.read_plan()
-        rows = await queries.fetch_audit_rows_in_gaps(tx, plan.gap_los, plan.gap_his)
-        rows += await queries.fetch_audit_rows_after(tx, plan.after_id)
-        return _AuditRead(snapshot, rows)
-
-    async def _read_everything(self, tx: Transaction, snapshot: DbSnapshot) -> _StartupRead:
-        await tx.allow_statement_time(self._settings.refresh.startup_timeout_s)
-        low, high = await queries.fetch_audit_id_bounds(tx)
-        missing = await queries.fetch_audit_missing_ids(tx)
-        if low is not None and low > 1:
-            missing.insert(0, (1, low - 1))
-        boot_actions = self._categories.provision
-        tracked = sorted({a for c in EventCategory for a in self._categories.actions(c)})
-        return _StartupRead(
-            snapshot=snapshot,
-            high_water=high or 0,
-            missing=missing,
-            totals=await queries.fetch_audit_totals(tx, boot_actions, self._tally.thresholds_ms),
-            recent_boots=await queries.fetch_audit_recent_boots(
-                tx, boot_actions, self._settings.metrics.boot_sample_size
-            ),
-            last_hour=await queries.fetch_audit_last_hour(
-                tx, snapshot.started_at - ROLLING_WINDOW, tracked
-            ),
-        )
-
-    def apply(self, read: _AuditRead | _StartupRead) -> None:
-        now = read.snapshot.started_at
-        if isinstance(read, _StartupRead):
-            tally = self._new_tally()
-            for total in read.totals:
-                tally.add_count(total.product_id, total.action, total.rows)
-                if total.boot_bucket is not None:
-                    tally.add_boot_bucket(
-                        total.product_id, total.boot_bucket, total.rows, total.boot_sum_ms
-                    )
-            for product_id, audit_id, duration_ms in read.recent_boots:
-                tally.add_boot_sample(product_id, audit_id, duration_ms)
-            for product_id, action, timestamp in read.last_hour:
-                tally.add_recent(product_id, action, timestamp)
-            self._tally = tally
-            self._tracker = IdGapTracker.from_initial_pass(
-                read.high_water, read.missing, read.snapshot
-            )
-        else:
-            assert self._tracker is not None
-            for row in read.rows:
-                self._tally.add_row(row, now)
-            self._tracker.advance((row.id for row in read.rows), read.snapshot)
-        self._tally.prune(now)
 
 
 class Refresher:
@@ -208,12 +107,24 @@ class Refresher:
         return now - last > self._settings.refresh.max_staleness_s
 
     async def run(self) -> None:
-        """Refresh forever; a slow refresh delays the next one instead of overlapping it."""
+        """Refresh forever; between refreshes, count the history in chunks. A slow refresh
+        delays the next one instead of overlapping it. After each refresh one chunk runs,
+        then more while the last one's duration still fits before the next refresh is due."""
         interval = self._settings.refresh.interval_s
         while True:
             started = time.monotonic()
             await self.refresh_once()
-            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+            due = started + interval
+            was_counted = self._audit.counted
+            chunk_s = 0.0
+            while self._audit.backfilling and time.monotonic() + chunk_s < due:
+                chunk_started = time.monotonic()
+                if not await self.backfill_once():
+                    break
+                chunk_s = time.monotonic() - chunk_started
+            if self._audit.counted and not was_counted:
+                continue
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
 
     async def refresh_once(self) -> bool:
         async with self._lock:
@@ -254,7 +165,7 @@ class Refresher:
                     self._publish, previous.snapshot, previous.last_success_unix, previous.views
                 )
                 return False
-            first = not self._audit.started
+            first = isinstance(audit_read, FirstRead)
             self._published = await asyncio.to_thread(
                 self._apply_and_publish,
                 audit_read,
@@ -269,14 +180,64 @@ class Refresher:
                 logging.INFO if first else logging.DEBUG,
                 "refresh_ok",
                 products=len(products),
-                full_pass=first,
+                audit="counted" if self._audit.counted else "backfilling",
                 engine_census=census_groups is not None,
-                audit_rows=len(audit_read.rows) if isinstance(audit_read, _AuditRead) else None,
+                audit_rows=len(audit_read.rows) if isinstance(audit_read, LiveRead) else None,
                 pending_audit_ids=self._audit.tracker.pending_ids if self._audit.tracker else 0,
                 rendered_products=self._exposition.last_rendered,
                 duration_s=round(self._last_duration_s, 3),
             )
             return True
+
+    async def backfill_once(self) -> bool:
+        """Count the next chunk of the history in its own transaction; False when it failed
+        (it is tried again, alone, later). Under the refresh lock: the tracker and the tally
+        change one reader at a time."""
+        async with self._lock:
+            chunk = self._audit.next_chunk()
+            if chunk is None:
+                return True
+            started = time.monotonic()
+            try:
+                async with self._database.read_transaction() as tx:
+                    snapshot = await queries.fetch_snapshot(tx)
+                    read = await self._audit.read_chunk(tx, snapshot, chunk)
+            except DatabaseUnavailable as error:
+                self._errors["backfill"] += 1
+                self._audit.chunk_failed(chunk, timed_out=not error.connection_lost)
+                log_event(
+                    logger,
+                    logging.WARNING,
+                    "backfill_chunk_failed",
+                    first_id=chunk.lo,
+                    last_id=chunk.hi,
+                    error=str(error),
+                    duration_s=round(time.monotonic() - started, 3),
+                )
+                return False
+            elapsed_s = time.monotonic() - started
+            await asyncio.to_thread(self._audit.apply_chunk, read, elapsed_s)
+            counted = self._audit.counted
+            log_event(
+                logger,
+                logging.INFO if counted else logging.DEBUG,
+                "audit_backfill_done" if counted else "backfill_chunk_counted",
+                first_id=chunk.lo,
+                last_id=chunk.hi,
+                progress=round(self._audit.progress, 4),
+                duration_s=round(elapsed_s, 3),
+            )
+            return True
+
+    async def refresh_until_counted(self) -> bool:
+        """Refresh, count the whole history and refresh again: the first published snapshot
+        with audit totals, at once (tests, benchmarks). False when any step failed."""
+        if not await self.refresh_once():
+            return False
+        while self._audit.backfilling:
+            if not await self.backfill_once():
+                return False
+        return await self.refresh_once()
 
     def _census_due(self, now: datetime, products: list[Product]) -> bool:
         """A census is due when the last one is old enough, when the database clock went
@@ -291,7 +252,7 @@ class Refresher:
 
     def _apply_and_publish(
         self,
-        audit_read: _AuditRead | _StartupRead,
+        audit_read: LiveRead | FirstRead,
         snapshot: DbSnapshot,
         products: list[Product],
         engine_counts: list[queries.EngineCount],
@@ -356,6 +317,7 @@ class Refresher:
             fleets=MappingProxyType(fleets),
             products_by_key_hash=MappingProxyType({p.api_key_hash: p for p in products}),
             census_taken_at=census.taken_at if census else None,
+            audit_counted=self._audit.counted,
         )
 
     def _publish(
@@ -369,6 +331,7 @@ class Refresher:
             last_success_unix=last_success_unix,
             errors_by_stage=MappingProxyType(dict(self._errors)),
             database_up=self._database_up,
+            audit_progress=self._audit.progress,
         )
         exposition = self._exposition.render(
             ExpositionInput(

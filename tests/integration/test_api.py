@@ -37,7 +37,7 @@ ClientFactory = Any
 async def _start(aiohttp_client: ClientFactory, dsn: str, **sections: Any) -> TestClient:
     app = create_app(make_settings(dsn, **sections))
     client: TestClient = await aiohttp_client(app)
-    assert await app[REFRESHER].refresh_once()
+    assert await app[REFRESHER].refresh_until_counted()
     return client
 
 

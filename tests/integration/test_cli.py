@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -167,3 +168,52 @@ def test_serve_logs_one_json_object_per_line(fleet_db: Any, tmp_path: Path) -> N
     events = [json.loads(line)["event"] for line in logs]
     assert "starting" in events
     assert "refresh_ok" in events
+
+
+STRUCTURED_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (debug|info|warning|error) ")
+
+
+def test_a_statement_timeout_is_one_structured_line_and_nothing_else_on_stderr(
+    fleet_db: Any, tmp_path: Path
+) -> None:
+    """aiopg reports a statement the server cancelled to the event loop too; the service's
+    only word on it is the refresh's own line."""
+    execute(
+        fleet_db.dsn,
+        "ALTER TABLE products RENAME TO products_stored;"
+        " CREATE VIEW products AS SELECT p.* FROM products_stored AS p, (SELECT pg_sleep(1)) AS s",
+    )
+    port = free_port()
+    config = _config(tmp_path, fleet_db.dsn, port)
+    config.write_text(
+        config.read_text().replace("statement_timeout_s: 5", "statement_timeout_s: 0.3")
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def failed_refreshes() -> float | None:
+        status, body = http_get(f"{base}/prometheus")
+        if status != 200:
+            return None
+        match = re.search(rb'refresh_errors_total\{stage="products"\} (\S+)', body)
+        return float(match.group(1)) if match and float(match.group(1)) >= 2 else None
+
+    with subprocess.Popen(
+        [sys.executable, "-m", "exporter", "serve", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        try:
+            poll_until(failed_refreshes, what="two refreshes cancelled by the server", timeout_s=30)
+            process.send_signal(signal.SIGTERM)
+            _, stderr = process.communicate(timeout=10)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    lines = stderr.splitlines()
+    assert process.returncode == 0, stderr
+    assert [line for line in lines if not STRUCTURED_LINE.match(line)] == []
+    failures = [line for line in lines if " refresh_failed " in line]
+    assert len(failures) >= 2
+    assert all("stage=products" in line and "statement_timeout" in line for line in failures)
+    assert not any("never retrieved" in line or "canceling statement" in line for line in lines)

@@ -165,7 +165,9 @@ def test_last_hour_statement_scans_only_partitions_that_can_hold_the_last_hour(
 ) -> None:
     since = datetime.now(UTC) - ROLLING_WINDOW
     plan = _explain(
-        partitioned_log.dsn, queries.AUDIT_LAST_HOUR, {"since": since, "actions": ACTIONS}
+        partitioned_log.dsn,
+        queries.AUDIT_CHUNK_LAST_HOUR,
+        {"since": since, "actions": ACTIONS, "lo": 1, "hi": 2**62},
     )
     scanned = _scanned_relations(plan["Plan"])
     reachable = {p.name for p in partitioned_log.partitions if p.upper > since}
@@ -202,7 +204,7 @@ async def test_refresher_counts_on_the_partitioned_log_equal_count_star(
     refresher = Refresher(database, settings, version="test")
     late = psycopg2.connect(dsn)
     try:
-        assert await refresher.refresh_once()
+        assert await refresher.refresh_until_counted()
         assert _exported(refresher) == _ground_truth(dsn)
 
         with late.cursor() as cursor:

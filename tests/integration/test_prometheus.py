@@ -69,7 +69,7 @@ def fleet(fleet_db: Any) -> dict[str, Any]:
 async def _client(aiohttp_client: ClientFactory, dsn: str, **sections: Any) -> TestClient:
     app = create_app(make_settings(dsn, **sections))
     client: TestClient = await aiohttp_client(app)
-    assert await app[REFRESHER].refresh_once()
+    assert await app[REFRESHER].refresh_until_counted()
     return client
 
 

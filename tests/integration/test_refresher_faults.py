@@ -101,7 +101,7 @@ async def test_counters_stay_exact_under_out_of_order_commits_and_rollbacks(
         thread.start()
     refreshes = 0
     while any(thread.is_alive() for thread in threads):
-        assert await refresher.refresh_once()
+        assert await refresher.refresh_until_counted()
         refreshes += 1
     for thread in threads:
         thread.join()
@@ -212,7 +212,7 @@ async def test_database_stopped_mid_run_serves_last_data_until_stale_then_recove
         " SELECT %(p)s, 'destroy' FROM generate_series(1, 7)",
         {"p": product},
     )
-    await wait_until(lambda: _status_is(client, "/status", 200), timeout_s=15, what="recovery")
+    await wait_until(lambda: _status_is(client, "/metrics", 200), timeout_s=15, what="recovery")
     await app[REFRESHER].refresh_once()
     assert _exported_counts(await _scrape(client)) == _ground_truth(dsn)
 
@@ -225,7 +225,7 @@ async def test_a_locked_table_fails_the_refresh_cleanly_and_the_next_one_succeed
     app = create_app(make_settings(dsn, database={"statement_timeout_s": 0.5}))
     client: TestClient = await aiohttp_client(app)
     refresher = app[REFRESHER]
-    assert await refresher.refresh_once()
+    assert await refresher.refresh_until_counted()
     locker = psycopg2.connect(dsn)
     try:
         with locker.cursor() as cursor:
@@ -248,7 +248,7 @@ async def test_exporter_connections_are_read_only_and_named(
 ) -> None:
     app = create_app(make_settings(fleet_db.dsn))
     await aiohttp_client(app)
-    assert await app[REFRESHER].refresh_once()
+    assert await app[REFRESHER].refresh_until_counted()
     assert exporter_sessions(fleet_db.dsn, "datname = current_database()") >= 1
     with pytest.raises(DatabaseUnavailable, match="read-only"):
         async with app[DATABASE].read_transaction() as tx:

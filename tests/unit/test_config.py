@@ -236,6 +236,16 @@ BAD_INPUTS = [
     pytest.param(
         {"prometheus": {"bearer_token_file": 7}}, "prometheus.bearer_token_file", id="token-int"
     ),
+    pytest.param(
+        {"refresh": {"backfill_statement_s": 0.05}},
+        "refresh.backfill_statement_s",
+        id="backfill-statement-too-short",
+    ),
+    pytest.param(
+        {"refresh": {"backfill_statement_s": 61}},
+        "refresh.backfill_statement_s",
+        id="backfill-statement-too-long",
+    ),
     pytest.param({"listen": None}, "listen", id="null-section"),
     pytest.param({"listen": [9480]}, "listen", id="list-section"),
     pytest.param({"listen": DSN}, "listen", id="dsn-in-the-wrong-place"),
@@ -259,6 +269,13 @@ def test_a_rejected_value_is_shown_as_written() -> None:
     message = _error(_with_dsn(refresh={"interval_s": "abc"}))
 
     assert message == "refresh.interval_s: expected a number > 0 and <= 86400, got 'abc'"
+
+
+def test_the_removed_startup_timeout_names_the_key_that_replaced_it() -> None:
+    message = _error(_with_dsn(refresh={"startup_timeout_s": 300}))
+
+    assert message.startswith("refresh.startup_timeout_s: removed")
+    assert "refresh.backfill_statement_s" in message
 
 
 def test_an_unknown_key_is_named_with_its_full_path() -> None:

@@ -214,11 +214,15 @@ def _input(refresh: _Refresh) -> ExpositionInput:
     snapshot = None
     if refresh.fleets is not None:
         snapshot = FleetSnapshot(
-            NOW, MappingProxyType({f.product.product_id: f for f in refresh.fleets})
+            NOW,
+            MappingProxyType({f.product.product_id: f for f in refresh.fleets}),
+            audit_counted=True,
         )
     return ExpositionInput(
         snapshot=snapshot,
-        stats=RefreshStats(refresh.last_duration_s, 1.7e9, MappingProxyType({"audit": 2}), True),
+        stats=RefreshStats(
+            refresh.last_duration_s, 1.7e9, MappingProxyType({"audit": 2}), True, audit_progress=1.0
+        ),
         critical_failed_ratio=refresh.critical_failed_ratio,
         refresh_interval_s=refresh.refresh_interval_s,
         version="1.2.3",

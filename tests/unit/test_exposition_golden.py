@@ -65,12 +65,14 @@ def _input() -> ExpositionInput:
     snapshot = FleetSnapshot(
         taken_at=TAKEN_AT,
         fleets=MappingProxyType({"id-zeta": empty, "id-acme": acme}),
+        audit_counted=True,
     )
     stats = RefreshStats(
         last_duration_s=0.125,
         last_success_unix=1_764_504_000.0,
         errors_by_stage=MappingProxyType({"connect": 1, "products": 0, "engines": 0, "audit": 2}),
         database_up=True,
+        audit_progress=1.0,
     )
     return ExpositionInput(snapshot, stats, 0.10, 15.0, "9.9.9")
 

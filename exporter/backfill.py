@@ -1,0 +1,83 @@
+"""Planning the audit backfill: which id range to count next, and how many ids it spans.
+
+The audit log that existed when the exporter started (ids ``low..high`` of the first
+refresh's snapshot) is counted bottom-up in id ranges ("chunks"), one bounded transaction
+each, between the live refreshes. Pure bookkeeping, no I/O: the counter reads a chunk, then
+reports how long it took (the next span is sized from that speed) or that it failed (the same
+range is tried again, smaller when it ran out of time). Nothing counted is ever planned again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+INITIAL_SPAN = 50_000
+"""Ids in the first chunk: small enough to finish quickly on any server."""
+MIN_SPAN = 1_000
+MAX_SPAN = 50_000_000
+GROWTH_LIMIT = 4.0
+"""A chunk spans at most this many times the ids of the previous one, so one fast chunk
+(ids that were mostly rolled back, say) cannot size a huge next one."""
+TARGET_SHARE = 0.5
+"""Chunks aim at this share of the statement limit: the limit is a bound, not a goal."""
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """An inclusive range of audit ids counted in one transaction."""
+
+    lo: int
+    hi: int
+
+    @property
+    def span(self) -> int:
+        return self.hi - self.lo + 1
+
+
+@dataclass(slots=True)
+class BackfillPlan:
+    """The ids ``low..high`` still to count: everything from ``next_lo`` up."""
+
+    low: int
+    high: int
+    next_lo: int
+    span: int = INITIAL_SPAN
+
+    @classmethod
+    def covering(cls, low: int, high: int) -> BackfillPlan:
+        return cls(low=low, high=high, next_lo=low)
+
+    @property
+    def done(self) -> bool:
+        return self.next_lo > self.high
+
+    @property
+    def progress(self) -> float:
+        """Share of the ids counted, 0..1 (1 once done)."""
+        if self.done:
+            return 1.0
+        return (self.next_lo - self.low) / (self.high - self.low + 1)
+
+    def next_chunk(self) -> Chunk | None:
+        if self.done:
+            return None
+        return Chunk(self.next_lo, min(self.high, self.next_lo + self.span - 1))
+
+    def counted(self, chunk: Chunk, elapsed_s: float, statement_limit_s: float) -> None:
+        """``chunk`` was counted in ``elapsed_s``; size the next one from that speed."""
+        if chunk.lo != self.next_lo:
+            raise ValueError(f"chunk {chunk.lo}..{chunk.hi} is not the next one ({self.next_lo})")
+        self.next_lo = chunk.hi + 1
+        self.span = next_span(chunk.span, elapsed_s, statement_limit_s)
+
+    def failed(self, chunk: Chunk, *, timed_out: bool) -> None:
+        """``chunk`` was not counted; it is planned again, a quarter as wide when it timed out."""
+        if timed_out:
+            self.span = max(MIN_SPAN, chunk.span // 4)
+
+
+def next_span(span: int, elapsed_s: float, statement_limit_s: float) -> int:
+    """The span that should take ``TARGET_SHARE`` of the limit at the speed just measured."""
+    target_s = statement_limit_s * TARGET_SHARE
+    wanted = span * target_s / max(elapsed_s, 1e-3)
+    return int(max(MIN_SPAN, min(MAX_SPAN, span * GROWTH_LIMIT, wanted)))

@@ -1,0 +1,209 @@
+"""Start-up on a long audit history, on a real PostgreSQL: fleet state at once, the history
+counted in bounded chunks between refreshes, never a partial count shown as a total."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import psycopg2
+import pytest
+from aiohttp.test_utils import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.api import REFRESHER
+from exporter.app import create_app
+from exporter.refresher import Refresher
+from tests.integration.test_refresher_faults import _writer
+from tests.support.db import execute, fetch_all, insert_engine, insert_product
+from tests.support.service import make_settings
+
+KEY = "pk-sept-acme-" + "a" * 40
+HISTORY_ROWS = 30_000
+ClientFactory = Any
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def _ground_truth(dsn: str) -> dict[tuple[str, str], int]:
+    rows = fetch_all(
+        dsn,
+        "SELECT p.slug, a.action, count(*) FROM audit_log a JOIN products p ON p.id = a.product_id"
+        " GROUP BY 1, 2",
+    )
+    return {(slug, action): int(n) for slug, action, n in rows}
+
+
+async def _scrape(client: TestClient) -> Samples:
+    text = await (await client.get("/prometheus")).text()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def _lifecycle(samples: Samples) -> dict[tuple[str, str], int]:
+    return {
+        (dict(labels)["product"], dict(labels)["action"]): int(value)
+        for (name, labels), value in samples.items()
+        if name == "engine_fleet_lifecycle_events_total" and value
+    }
+
+
+def _narrow_chunks(refresher: Refresher, span: int) -> None:
+    """Chunks of ``span`` ids (with ``next_span`` patched to keep them so): many chunks on a
+    history small enough for a test."""
+    plan = refresher.audit.backfill
+    assert plan is not None
+    plan.span = span
+
+
+@pytest.fixture
+def history(fleet_db: Any) -> dict[str, Any]:
+    """A product with engines and a history of audit rows with holes (rolled-back ids)."""
+    dsn = fleet_db.dsn
+    product = insert_product(dsn, slug="acme", api_key=KEY)
+    insert_engine(dsn, product_id=product, user_id="u1", status="running")
+    insert_engine(dsn, product_id=product, user_id="u2", status="failed")
+    execute(
+        dsn,
+        "INSERT INTO audit_log (product_id, action, duration_ms, timestamp)"
+        " SELECT %(p)s, (ARRAY['provision', 'destroy', 'health_failed', 'wake'])[1 + i %% 4],"
+        "        CASE WHEN i %% 4 = 0 THEN 500 + i %% 9000 END,"
+        "        now() - (i || ' seconds')::interval"
+        " FROM generate_series(1, %(n)s) AS i",
+        {"p": product, "n": HISTORY_ROWS},
+    )
+    execute(dsn, "DELETE FROM audit_log WHERE id % 1000 = 7")
+    return {"dsn": dsn, "product": product}
+
+
+async def test_fleet_state_is_served_at_once_and_audit_figures_only_once_counted(
+    aiohttp_client: ClientFactory, history: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("exporter.backfill.next_span", lambda *_: 7_001)
+    app = create_app(make_settings(history["dsn"]), refresh_in_background=False)
+    client: TestClient = await aiohttp_client(app)
+    refresher = app[REFRESHER]
+    headers = {"X-Platform-Key": KEY}
+    assert await refresher.refresh_once()
+    _narrow_chunks(refresher, 7_001)
+
+    status = await client.get("/status", headers=headers)
+    assert status.status == 200
+    assert (await status.json())["by_status"]["failed"] == 1
+    ready = await client.get("/readyz")
+    assert ready.status == 200
+    assert await ready.json() == {"status": "ready", "audit": "backfilling", "audit_progress": 0}
+    metrics = await client.get("/metrics", headers=headers)
+    assert metrics.status == 503
+    assert int(metrics.headers["Retry-After"]) >= 1
+    error = (await metrics.json())["error"]
+    assert error["code"] == "AUDIT_BACKFILL_RUNNING"
+    assert "0% done" in error["message"]
+    assert (await client.get("/metrics", headers={"X-Platform-Key": "nope"})).status == 401
+    samples = await _scrape(client)
+    assert samples[("engine_fleet_engines", (("product", "acme"), ("status", "failed")))] == 1
+    assert samples[("engine_fleet_exporter_audit_backfill_progress_ratio", ())] == 0
+    assert not any(name.startswith("engine_fleet_lifecycle") for name, _ in samples)
+    assert not any(name.startswith("engine_fleet_boot_duration") for name, _ in samples)
+
+    chunks = 0
+    while refresher.audit.backfilling:
+        assert await refresher.backfill_once()
+        chunks += 1
+        if refresher.audit.backfilling:
+            assert await refresher.refresh_once()
+            progress = (await (await client.get("/readyz")).json())["audit_progress"]
+            assert 0 < progress < 1
+            assert (await client.get("/metrics", headers=headers)).status == 503
+            assert not _lifecycle(await _scrape(client))
+    assert chunks == 5
+    assert await refresher.refresh_once()
+
+    assert await (await client.get("/readyz")).json() == {
+        "status": "ready",
+        "audit": "counted",
+        "audit_progress": 1,
+    }
+    body = await (await client.get("/metrics", headers=headers)).json()
+    truth = _ground_truth(history["dsn"])
+    assert body["total_provisions"] == truth[("acme", "provision")]
+    assert body["total_destroys"] == truth[("acme", "destroy")]
+    samples = await _scrape(client)
+    assert _lifecycle(samples) == truth
+    assert samples[("engine_fleet_exporter_audit_backfill_progress_ratio", ())] == 1
+    boots = samples[("engine_fleet_boot_duration_seconds_count", (("product", "acme"),))]
+    assert boots == truth[("acme", "provision")]
+
+
+async def test_a_failed_chunk_is_retried_alone_and_the_count_stays_exact(
+    aiohttp_client: ClientFactory, history: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("exporter.backfill.next_span", lambda *_: 10_000)
+    dsn = history["dsn"]
+    app = create_app(
+        make_settings(dsn, refresh={"backfill_statement_s": 0.5}), refresh_in_background=False
+    )
+    client: TestClient = await aiohttp_client(app)
+    refresher = app[REFRESHER]
+    assert await refresher.refresh_once()
+    _narrow_chunks(refresher, 10_000)
+    assert await refresher.backfill_once()
+    plan = refresher.audit.backfill
+    assert plan is not None
+    counted_up_to = plan.next_lo
+    locker = psycopg2.connect(dsn)
+    try:
+        with locker.cursor() as cursor:
+            cursor.execute("LOCK TABLE audit_log IN ACCESS EXCLUSIVE MODE")
+        assert not await refresher.backfill_once()
+    finally:
+        locker.rollback()
+        locker.close()
+    assert plan.next_lo == counted_up_to
+    assert await refresher.refresh_once()
+    samples = await _scrape(client)
+    assert samples[("engine_fleet_exporter_refresh_errors_total", (("stage", "backfill"),))] == 1
+    while refresher.audit.backfilling:
+        assert await refresher.backfill_once()
+    assert await refresher.refresh_once()
+    assert _lifecycle(await _scrape(client)) == _ground_truth(dsn)
+
+
+async def test_writers_committing_out_of_order_during_the_backfill_are_counted_once(
+    aiohttp_client: ClientFactory, history: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("exporter.backfill.next_span", lambda *_: 3_001)
+    dsn = history["dsn"]
+    products = [history["product"]]
+    products += [insert_product(dsn, slug=f"p{i}", api_key=f"{KEY}-{i}") for i in range(2)]
+    held = psycopg2.connect(dsn)
+    with held.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO audit_log (product_id, action) VALUES (%s, 'provision')", (products[0],)
+        )
+    execute(dsn, "INSERT INTO audit_log (product_id, action) VALUES (%s, 'wake')", (products[1],))
+    app = create_app(make_settings(dsn), refresh_in_background=False)
+    client: TestClient = await aiohttp_client(app)
+    refresher = app[REFRESHER]
+    threads = [
+        threading.Thread(target=_writer, args=(dsn, products, 700 + n, 40)) for n in range(3)
+    ]
+    try:
+        assert await refresher.refresh_once()
+        _narrow_chunks(refresher, 3_001)
+        for thread in threads:
+            thread.start()
+        while refresher.audit.backfilling or any(thread.is_alive() for thread in threads):
+            if refresher.audit.backfilling:
+                assert await refresher.backfill_once()
+            assert await refresher.refresh_once()
+            if not refresher.audit.backfilling:
+                held.commit()
+    finally:
+        for thread in threads:
+            thread.join()
+        held.close()
+    assert await refresher.refresh_once()
+    assert _lifecycle(await _scrape(client)) == _ground_truth(dsn)
