@@ -12,7 +12,8 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY exporter ./exporter
 RUN pip install . \
-    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin fleet
+    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin fleet \
+    && install -d -o fleet -g fleet /var/lib/fleet-exporter
 
 USER 10001
 WORKDIR /

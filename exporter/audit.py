@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from types import MappingProxyType
+from typing import Any
 
 from exporter.domain import (
     ROLLING_WINDOW,
@@ -97,6 +98,30 @@ class IdGapTracker:
         self.gaps.extend(IdGap(lo, hi, at) for lo, hi in missing if lo <= hi)
         self.gaps.sort(key=lambda g: g.lo)
 
+    def to_state(self) -> dict[str, object]:
+        """Plain JSON values for a checkpoint; ``from_state`` reads them back."""
+        return {
+            "high_water": self.high_water,
+            "gaps": [[g.lo, g.hi, g.first_missing_at.isoformat(), g.fence_xid] for g in self.gaps],
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, object]) -> IdGapTracker:
+        """The tracker ``to_state`` saved; ValueError/TypeError/KeyError for anything else."""
+        high_water = _whole(state["high_water"])
+        gaps = []
+        for lo, hi, first_missing_at, fence_xid in _items(state["gaps"]):
+            gap = IdGap(
+                _whole(lo),
+                _whole(hi),
+                _moment(first_missing_at),
+                None if fence_xid is None else _whole(fence_xid),
+            )
+            if not 1 <= gap.lo <= gap.hi <= high_water:
+                raise ValueError(f"gap {gap.lo}..{gap.hi} outside 1..{high_water}")
+            gaps.append(gap)
+        return cls(high_water, gaps)
+
     def read_plan(self) -> ReadPlan:
         return ReadPlan(
             after_id=self.high_water,
@@ -156,6 +181,33 @@ class IdGapTracker:
                 continue
             kept.append(gap)
         self.gaps = kept
+
+
+def _whole(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected a whole number, got {value!r}")
+    return value
+
+
+def _items(value: object) -> list[Any]:
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list, got {type(value).__name__}")
+    return value
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a mapping, got {type(value).__name__}")
+    return value
+
+
+def _moment(value: object) -> datetime:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a time, got {value!r}")
+    moment = datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        raise ValueError(f"time without zone: {value!r}")
+    return moment
 
 
 def bucket_thresholds_ms(upper_bounds_s: Sequence[float]) -> tuple[int, ...]:
@@ -257,6 +309,41 @@ class AuditTally:
             del timestamps[: bisect.bisect_right(timestamps, cutoff)]
             if not timestamps:
                 del self._recent[key]
+
+    def to_state(self) -> dict[str, object]:
+        """Plain JSON values for a checkpoint; ``restore`` reads them back."""
+        return {
+            "lifetime": {p: dict(counts) for p, counts in self._lifetime.items()},
+            "histograms": {
+                p: [h.bucket_counts, h.sum_ms, h.count] for p, h in self._histograms.items()
+            },
+            "boot_samples": {
+                p: [list(s) for s in sample] for p, sample in self._boot_samples.items()
+            },
+            "recent": [
+                [p, category.value, [t.isoformat() for t in timestamps]]
+                for (p, category), timestamps in self._recent.items()
+            ],
+        }
+
+    def restore(self, state: Mapping[str, object]) -> None:
+        """Load what ``to_state`` saved (into a fresh tally with the same settings);
+        ValueError/TypeError/KeyError for anything else."""
+        buckets = len(self._thresholds) + 1
+        for product, counts in _mapping(state["lifetime"]).items():
+            for action, rows in _mapping(counts).items():
+                self._lifetime[product][str(action)] = _whole(rows)
+        for product, (counts, sum_ms, count) in _mapping(state["histograms"]).items():
+            bucket_counts = [_whole(c) for c in _items(counts)]
+            if len(bucket_counts) != buckets:
+                raise ValueError(f"{len(bucket_counts)} boot buckets, expected {buckets}")
+            self._histograms[product] = _Histogram(bucket_counts, _whole(sum_ms), _whole(count))
+        for product, sample in _mapping(state["boot_samples"]).items():
+            pairs = sorted((_whole(i), _whole(d)) for i, d in _items(sample))
+            self._boot_samples[product] = pairs[-self._sample_size :]
+        for product, category, timestamps in _items(state["recent"]):
+            moments = sorted(_moment(t) for t in _items(timestamps))
+            self._recent[(str(product), EventCategory(category))] = moments
 
     def product_audit(self, product_id: str, now: datetime) -> ProductAudit:
         last_hour = {}

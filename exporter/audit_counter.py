@@ -10,14 +10,40 @@ partial, and the refresher publishes it as such (never as a total).
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from dataclasses import dataclass
 
 from exporter import queries
 from exporter.audit import AuditRow, AuditTally, DbSnapshot, IdGap, IdGapTracker
 from exporter.backfill import BackfillPlan, Chunk
+from exporter.checkpoint import (
+    Checkpoint,
+    CheckpointDamaged,
+    DataIdentity,
+    counting_settings,
+    decode,
+    encode,
+    read_file,
+    rejection,
+    write_atomically,
+)
 from exporter.config import Settings
 from exporter.db import Transaction
 from exporter.domain import ROLLING_WINDOW, ActionCategories
+from exporter.logs import log_event
+
+logger = logging.getLogger("exporter.audit")
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """A checkpoint's state, validated against the database; installed with the refresh."""
+
+    tracker: IdGapTracker
+    tally: AuditTally
+    backfill: BackfillPlan | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +52,9 @@ class LiveRead:
 
     snapshot: DbSnapshot
     rows: list[AuditRow]
+    resumed: Resumed | None = None
+    identity: DataIdentity | None = None
+    """Read when a checkpoint is due: the data the state will belong to once applied."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +64,7 @@ class FirstRead:
     snapshot: DbSnapshot
     low: int | None
     high: int | None
+    identity: DataIdentity | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +83,9 @@ class AuditCounter:
         self._tracker: IdGapTracker | None = None
         self._backfill: BackfillPlan | None = None
         self._tally = self.new_tally()
+        self._checkpoint_path = settings.state.checkpoint_path
+        self._checkpoint_rejected = False
+        self._checkpoint_written_at: float | None = None
 
     def new_tally(self) -> AuditTally:
         return AuditTally(
@@ -94,15 +127,22 @@ class AuditCounter:
         return self._backfill
 
     async def read(self, tx: Transaction, snapshot: DbSnapshot) -> LiveRead | FirstRead:
-        if self._tracker is None:
-            low, high = await queries.fetch_audit_id_bounds(tx)
-            return FirstRead(snapshot, low, high)
-        plan = self._tracker.read_plan()
+        resumed = None
+        tracker = self._tracker
+        if tracker is None:
+            resumed = await self._resume(tx)
+            if resumed is None:
+                low, high = await queries.fetch_audit_id_bounds(tx)
+                return FirstRead(snapshot, low, high, await self._identity_if_due(tx, high or 0))
+            tracker = resumed.tracker
+        plan = tracker.read_plan()
         rows = await queries.fetch_audit_rows_in_gaps(tx, plan.gap_los, plan.gap_his)
         rows += await queries.fetch_audit_rows_after(tx, plan.after_id)
-        return LiveRead(snapshot, rows)
+        high_water = max([tracker.high_water, *(row.id for row in rows)])
+        return LiveRead(snapshot, rows, resumed, await self._identity_if_due(tx, high_water))
 
     def apply(self, read: LiveRead | FirstRead) -> None:
+        """Apply a successful refresh's read, then write the checkpoint when one is due."""
         now = read.snapshot.started_at
         if isinstance(read, FirstRead):
             high = read.high or 0
@@ -113,11 +153,109 @@ class AuditCounter:
             if read.low is not None and read.high is not None:
                 self._backfill = BackfillPlan.covering(read.low, read.high)
         else:
+            if read.resumed is not None:
+                self._tracker = read.resumed.tracker
+                self._tally = read.resumed.tally
+                self._backfill = read.resumed.backfill
             assert self._tracker is not None
             for row in read.rows:
                 self._tally.add_row(row, now)
             self._tracker.advance((row.id for row in read.rows), read.snapshot)
         self._tally.prune(now)
+        if read.identity is not None:
+            self._write_checkpoint(read.identity)
+
+    def request_checkpoint(self) -> None:
+        """Write the checkpoint at the next successful refresh, whatever the interval."""
+        self._checkpoint_written_at = None
+
+    async def _identity_if_due(self, tx: Transaction, high_water: int) -> DataIdentity | None:
+        if self._checkpoint_path is None:
+            return None
+        written_at = self._checkpoint_written_at
+        interval_s = self._settings.state.checkpoint_interval_s
+        if written_at is not None and time.monotonic() - written_at < interval_s:
+            return None
+        return await queries.fetch_data_identity(tx, high_water)
+
+    def _write_checkpoint(self, identity: DataIdentity) -> None:
+        assert self._checkpoint_path is not None
+        assert self._tracker is not None
+        assert identity.high_water == self._tracker.high_water
+        checkpoint = Checkpoint(
+            identity=identity,
+            counting=counting_settings(self._settings),
+            tracker=self._tracker.to_state(),
+            tally=self._tally.to_state(),
+            backfill=None if self._backfill is None else self._backfill.to_state(),
+        )
+        self._checkpoint_written_at = time.monotonic()
+        try:
+            write_atomically(self._checkpoint_path, encode(checkpoint))
+        except OSError as error:
+            log_event(
+                logger,
+                logging.WARNING,
+                "checkpoint_write_failed",
+                path=str(self._checkpoint_path),
+                error=error.strerror or str(error),
+            )
+
+    async def _resume(self, tx: Transaction) -> Resumed | None:
+        """The checkpoint's state when it provably belongs to this data; else ``None``, after
+        one ``checkpoint_rejected`` line (once, however often the first refresh is retried)."""
+        path = self._checkpoint_path
+        if path is None or self._checkpoint_rejected:
+            return None
+        try:
+            data = await asyncio.to_thread(read_file, path)
+            if data is None:
+                return None
+            saved = decode(data)
+        except (OSError, CheckpointDamaged) as error:
+            self._reject("unreadable" if isinstance(error, OSError) else "damaged", str(error))
+            return None
+        current = await queries.fetch_data_identity(tx, saved.identity.high_water)
+        mismatch = rejection(saved, current, counting_settings(self._settings))
+        if mismatch is not None:
+            self._reject(mismatch, f"saved for high-water id {saved.identity.high_water}")
+            return None
+        try:
+            tally = self.new_tally()
+            tally.restore(saved.tally)
+            resumed = Resumed(
+                tracker=IdGapTracker.from_state(saved.tracker),
+                tally=tally,
+                backfill=None
+                if saved.backfill is None
+                else BackfillPlan.from_state(saved.backfill),
+            )
+        except (ValueError, TypeError, KeyError) as error:
+            self._reject("damaged", f"{type(error).__name__}: {error}")
+            return None
+        if resumed.tracker.high_water != saved.identity.high_water:
+            self._reject("damaged", "tracker and identity disagree on the high-water id")
+            return None
+        log_event(
+            logger,
+            logging.INFO,
+            "checkpoint_resumed",
+            path=str(path),
+            high_water=saved.identity.high_water,
+            audit="counted" if resumed.backfill is None or resumed.backfill.done else "backfilling",
+        )
+        return resumed
+
+    def _reject(self, reason: str, detail: str) -> None:
+        self._checkpoint_rejected = True
+        log_event(
+            logger,
+            logging.WARNING,
+            "checkpoint_rejected",
+            reason=reason,
+            path=str(self._checkpoint_path),
+            detail=detail,
+        )
 
     def next_chunk(self) -> Chunk | None:
         return None if self._backfill is None else self._backfill.next_chunk()
@@ -153,6 +291,8 @@ class AuditCounter:
             tally.add_recent(product_id, action, timestamp)
         self._tracker.add_missing(read.found.missing, read.snapshot.observed_at)
         self._backfill.counted(read.chunk, elapsed_s, self._settings.refresh.backfill_statement_s)
+        if self._backfill.done:
+            self.request_checkpoint()
 
     def chunk_failed(self, chunk: Chunk, *, timed_out: bool) -> None:
         assert self._backfill is not None

@@ -9,6 +9,7 @@ range is tried again, smaller when it ran out of time). Nothing counted is ever 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 INITIAL_SPAN = 50_000
@@ -46,6 +47,20 @@ class BackfillPlan:
     @classmethod
     def covering(cls, low: int, high: int) -> BackfillPlan:
         return cls(low=low, high=high, next_lo=low)
+
+    def to_state(self) -> dict[str, int]:
+        return {"low": self.low, "high": self.high, "next_lo": self.next_lo, "span": self.span}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, object]) -> BackfillPlan:
+        """The plan ``to_state`` saved; ValueError/KeyError for anything else."""
+        values = {key: state[key] for key in ("low", "high", "next_lo", "span")}
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values.values()):
+            raise ValueError(f"backfill plan needs whole numbers, got {values!r}")
+        plan = cls(**values)  # type: ignore[arg-type]
+        if not 1 <= plan.low <= plan.next_lo <= plan.high + 1 or plan.span < 1:
+            raise ValueError(f"inconsistent backfill plan {values!r}")
+        return plan
 
     @property
     def done(self) -> bool:

@@ -20,6 +20,7 @@ from psycopg2 import ProgrammingError
 from psycopg2.extensions import parse_dsn
 
 DSN_ENV = "FLEET_EXPORTER_DSN"
+CHECKPOINT_ENV = "FLEET_EXPORTER_CHECKPOINT_PATH"
 
 #: Paths served by the JSON API and the probes; the scrape endpoint must not shadow them.
 RESERVED_PATHS = frozenset(
@@ -258,6 +259,16 @@ class PrometheusSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class StateSettings:
+    checkpoint_path: Path | None = field(
+        default=None, metadata=_rule(_optional_file, env=CHECKPOINT_ENV)
+    )
+    checkpoint_interval_s: float = field(
+        default=60.0, metadata=_rule(_number(at_least=1, at_most=3600))
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class LogSettings:
     level: str = field(default="info", metadata=_rule(_one_of("debug", "info", "warning", "error")))
     format: str = field(default="text", metadata=_rule(_one_of("text", "json")))
@@ -272,6 +283,7 @@ class Settings:
     actions: ActionSettings = field(default_factory=ActionSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     prometheus: PrometheusSettings = field(default_factory=PrometheusSettings)
+    state: StateSettings = field(default_factory=StateSettings)
     log: LogSettings = field(default_factory=LogSettings)
 
     @property
@@ -360,8 +372,9 @@ def settings_from_mapping(
     """Validate an already-parsed configuration document into Settings.
 
     A non-empty ``FLEET_EXPORTER_DSN`` in ``environ`` (default ``os.environ``) overrides
-    ``database.dsn``. A relative ``prometheus.bearer_token_file`` is resolved against
-    ``base_dir`` (the config file's directory), like Prometheus does with its own files.
+    ``database.dsn``. A relative ``prometheus.bearer_token_file`` or ``state.checkpoint_path``
+    is resolved against ``base_dir`` (the config file's directory), like Prometheus does
+    with its own files.
     """
     environ = os.environ if environ is None else environ
     if raw is None:
@@ -384,6 +397,9 @@ def settings_from_mapping(
         if base_dir is not None:
             token_file = prometheus["bearer_token_file"] = base_dir / token_file
         prometheus["bearer_token"] = _read_bearer_token(token_file)
+    checkpoint = values["state"].get("checkpoint_path")
+    if isinstance(checkpoint, Path) and base_dir is not None:
+        values["state"]["checkpoint_path"] = base_dir / checkpoint
     return Settings(**{name: _SECTIONS[name](**given) for name, given in values.items()})
 
 

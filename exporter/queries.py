@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from importlib import resources
 
 from exporter.audit import AuditRow, DbSnapshot
+from exporter.checkpoint import DataIdentity
 from exporter.db import Statement, Transaction
 from exporter.domain import ENGINE_LISTING_FIELDS, EngineGroup, Product, quota_from_policy
 
@@ -150,6 +151,21 @@ AUDIT_ROWS_IN_GAPS = Statement(
     JOIN audit_log AS a ON a.id BETWEEN gap.lo AND gap.hi
     """,
 )
+
+DATA_IDENTITY = Statement(
+    "data_identity",
+    """
+    SELECT (SELECT system_identifier::text FROM pg_control_system()),
+           (SELECT timeline_id FROM pg_control_checkpoint()),
+           (SELECT oid::bigint FROM pg_database WHERE datname = current_database()),
+           to_regclass('audit_log')::oid::bigint,
+           (SELECT md5(row(a.id, a.timestamp, a.product_id, a.user_id, a.engine_id, a.action,
+                           a.actor, a.duration_ms)::text)
+            FROM audit_log AS a WHERE a.id = %(high_water)s)
+    """,
+)
+"""What a checkpoint is checked against: the cluster, its timeline, the database, the table
+and a digest of the high-water row (timestamps print in UTC, the session's zone)."""
 
 _ENGINE_COLUMNS = (
     "engine_id::text, user_id, status, url, engine_version, created_at, last_health_at"
@@ -340,6 +356,20 @@ async def fetch_audit_chunk(
         missing=sorted(missing),
         recent_boots=[(p, int(i), int(d)) for p, i, d in boots],
         last_hour=[(p, a, t) for p, a, t in last_hour],
+    )
+
+
+async def fetch_data_identity(tx: Transaction, high_water: int) -> DataIdentity:
+    system_identifier, timeline, database_oid, table_oid, fingerprint = await tx.fetch_one(
+        DATA_IDENTITY, {"high_water": high_water}
+    )
+    return DataIdentity(
+        system_identifier=str(system_identifier),
+        timeline=int(timeline),
+        database_oid=int(database_oid),
+        audit_log_oid=int(table_oid),
+        high_water=high_water,
+        high_water_fingerprint=fingerprint,
     )
 
 

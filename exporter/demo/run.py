@@ -14,8 +14,10 @@ import asyncio
 import logging
 import signal
 import sys
+import tempfile
 from contextlib import AsyncExitStack
 from dataclasses import replace
+from pathlib import Path
 
 from aiohttp import web
 
@@ -49,12 +51,13 @@ ALERTMANAGER_PORT = 9093
 STACK_READY_TIMEOUT_S = 60.0
 
 
-def demo_settings(dsn: str, host: str, port: int) -> Settings:
+def demo_settings(dsn: str, host: str, port: int, checkpoint: Path | None = None) -> Settings:
     return settings_from_mapping(
         {
             "database": {"dsn": dsn},
             "listen": {"host": host, "port": port},
             "refresh": {"interval_s": DEMO_REFRESH_INTERVAL_S, "max_staleness_s": 60},
+            "state": {"checkpoint_path": None if checkpoint is None else str(checkpoint)},
         },
         environ={},
     )
@@ -165,11 +168,13 @@ async def _simulate_only(dsn: str, engines: int, incident: str | None) -> None:
     await simulator.run(stop)
 
 
-async def _serve_demo(dsn: str, host: str, port: int, engines: int, incident: str | None) -> None:
+async def _serve_demo(
+    dsn: str, host: str, port: int, engines: int, incident: str | None, checkpoint: Path
+) -> None:
     stop = asyncio.Event()
     _install_stop_signals(stop)
     products = await seed_demo(dsn, engines=engines)
-    settings = demo_settings(dsn, host, port)
+    settings = demo_settings(dsn, host, port, checkpoint)
     async with AsyncExitStack() as cleanup:
         site = await cleanup.enter_async_context(
             serving(create_app(settings), settings, shutdown_timeout_s=2.0)
@@ -191,11 +196,15 @@ def run_demo(*, port: int, host: str, engines: int, dsn: str | None, incident: s
         asyncio.run(_simulate_only(dsn, engines, incident))
         return 0
     try:
-        with EmbeddedPostgres() as server:
+        with (
+            EmbeddedPostgres() as server,
+            tempfile.TemporaryDirectory(prefix="fleet-demo-state-") as state,
+        ):
             database_dsn = server.create_database("orchestrator")
             apply_schema(database_dsn)
             log_event(logger, logging.INFO, "embedded_postgres_started", port=server.port)
-            asyncio.run(_serve_demo(database_dsn, host, port, engines, incident))
+            checkpoint = Path(state) / "audit-checkpoint.json"
+            asyncio.run(_serve_demo(database_dsn, host, port, engines, incident, checkpoint))
     except PostgresNotFound as error:
         print(f"fleet-exporter demo: {error}", file=sys.stderr)
         return 1

@@ -246,6 +246,17 @@ BAD_INPUTS = [
         "refresh.backfill_statement_s",
         id="backfill-statement-too-long",
     ),
+    pytest.param(
+        {"state": {"checkpoint_interval_s": 0.5}},
+        "state.checkpoint_interval_s",
+        id="checkpoint-interval-too-short",
+    ),
+    pytest.param(
+        {"state": {"checkpoint_interval_s": 3601}},
+        "state.checkpoint_interval_s",
+        id="checkpoint-interval-too-long",
+    ),
+    pytest.param({"state": {"checkpoint_path": ""}}, "state.checkpoint_path", id="empty-path"),
     pytest.param({"listen": None}, "listen", id="null-section"),
     pytest.param({"listen": [9480]}, "listen", id="list-section"),
     pytest.param({"listen": DSN}, "listen", id="dsn-in-the-wrong-place"),
@@ -276,6 +287,17 @@ def test_the_removed_startup_timeout_names_the_key_that_replaced_it() -> None:
 
     assert message.startswith("refresh.startup_timeout_s: removed")
     assert "refresh.backfill_statement_s" in message
+
+
+def test_a_relative_checkpoint_path_is_resolved_against_the_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "exporter.yaml"
+    config.write_text(f"database: {{dsn: '{DSN}'}}\nstate: {{checkpoint_path: state/ckpt.json}}\n")
+
+    settings = load_settings(config, environ={})
+
+    assert settings.state.checkpoint_path == tmp_path / "state" / "ckpt.json"
+    assert settings.state.checkpoint_interval_s == 60.0
+    assert settings.refresh.backfill_statement_s == 2.0
 
 
 def test_an_unknown_key_is_named_with_its_full_path() -> None:
