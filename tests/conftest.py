@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -133,8 +134,9 @@ def _admin(dsn: str, statement: sql.Composable) -> None:
         connection.close()
 
 
-@pytest.fixture
-def fleet_db(pg_server: PgServer) -> Iterator[FleetDatabase]:
+@contextlib.contextmanager
+def fleet_database(pg_server: PgServer) -> Iterator[FleetDatabase]:
+    """A new database with the orchestrator schema on ``pg_server``, dropped afterwards."""
     name = f"fleet_{uuid.uuid4().hex[:12]}"
     admin = pg_server.admin_dsn()
     _admin(admin, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
@@ -148,6 +150,12 @@ def fleet_db(pg_server: PgServer) -> Iterator[FleetDatabase]:
         ),
     )
     _admin(admin, sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def fleet_db(pg_server: PgServer) -> Iterator[FleetDatabase]:
+    with fleet_database(pg_server) as database:
+        yield database
 
 
 @pytest.fixture

@@ -9,45 +9,18 @@ from typing import Any
 import psycopg2
 import pytest
 from aiohttp.test_utils import TestClient
-from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.api import REFRESHER
 from exporter.app import create_app
 from exporter.refresher import Refresher
 from tests.integration.test_refresher_faults import _writer
-from tests.support.db import execute, fetch_all, insert_engine, insert_product
+from tests.support.counts import audit_counts_by_slug, lifecycle_counts, scrape
+from tests.support.db import execute, insert_engine, insert_product
 from tests.support.service import make_settings
 
 KEY = "pk-sept-acme-" + "a" * 40
 HISTORY_ROWS = 30_000
 ClientFactory = Any
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def _ground_truth(dsn: str) -> dict[tuple[str, str], int]:
-    rows = fetch_all(
-        dsn,
-        "SELECT p.slug, a.action, count(*) FROM audit_log a JOIN products p ON p.id = a.product_id"
-        " GROUP BY 1, 2",
-    )
-    return {(slug, action): int(n) for slug, action, n in rows}
-
-
-async def _scrape(client: TestClient) -> Samples:
-    text = await (await client.get("/prometheus")).text()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def _lifecycle(samples: Samples) -> dict[tuple[str, str], int]:
-    return {
-        (dict(labels)["product"], dict(labels)["action"]): int(value)
-        for (name, labels), value in samples.items()
-        if name == "engine_fleet_lifecycle_events_total" and value
-    }
 
 
 def _narrow_chunks(refresher: Refresher, span: int) -> None:
@@ -102,7 +75,7 @@ async def test_fleet_state_is_served_at_once_and_audit_figures_only_once_counted
     assert error["code"] == "AUDIT_BACKFILL_RUNNING"
     assert "0% done" in error["message"]
     assert (await client.get("/metrics", headers={"X-Platform-Key": "nope"})).status == 401
-    samples = await _scrape(client)
+    samples = await scrape(client)
     assert samples[("engine_fleet_engines", (("product", "acme"), ("status", "failed")))] == 1
     assert samples[("engine_fleet_exporter_audit_backfill_progress_ratio", ())] == 0
     assert not any(name.startswith("engine_fleet_lifecycle") for name, _ in samples)
@@ -117,7 +90,7 @@ async def test_fleet_state_is_served_at_once_and_audit_figures_only_once_counted
             progress = (await (await client.get("/readyz")).json())["audit_progress"]
             assert 0 < progress < 1
             assert (await client.get("/metrics", headers=headers)).status == 503
-            assert not _lifecycle(await _scrape(client))
+            assert not lifecycle_counts(await scrape(client))
     assert chunks == 5
     assert await refresher.refresh_once()
 
@@ -127,11 +100,11 @@ async def test_fleet_state_is_served_at_once_and_audit_figures_only_once_counted
         "audit_progress": 1,
     }
     body = await (await client.get("/metrics", headers=headers)).json()
-    truth = _ground_truth(history["dsn"])
+    truth = audit_counts_by_slug(history["dsn"])
     assert body["total_provisions"] == truth[("acme", "provision")]
     assert body["total_destroys"] == truth[("acme", "destroy")]
-    samples = await _scrape(client)
-    assert _lifecycle(samples) == truth
+    samples = await scrape(client)
+    assert lifecycle_counts(samples) == truth
     assert samples[("engine_fleet_exporter_audit_backfill_progress_ratio", ())] == 1
     boots = samples[("engine_fleet_boot_duration_seconds_count", (("product", "acme"),))]
     assert boots == truth[("acme", "provision")]
@@ -163,12 +136,12 @@ async def test_a_failed_chunk_is_retried_alone_and_the_count_stays_exact(
         locker.close()
     assert plan.next_lo == counted_up_to
     assert await refresher.refresh_once()
-    samples = await _scrape(client)
+    samples = await scrape(client)
     assert samples[("engine_fleet_exporter_refresh_errors_total", (("stage", "backfill"),))] == 1
     while refresher.audit.backfilling:
         assert await refresher.backfill_once()
     assert await refresher.refresh_once()
-    assert _lifecycle(await _scrape(client)) == _ground_truth(dsn)
+    assert lifecycle_counts(await scrape(client)) == audit_counts_by_slug(dsn)
 
 
 async def test_writers_committing_out_of_order_during_the_backfill_are_counted_once(
@@ -206,4 +179,4 @@ async def test_writers_committing_out_of_order_during_the_backfill_are_counted_o
             thread.join()
         held.close()
     assert await refresher.refresh_once()
-    assert _lifecycle(await _scrape(client)) == _ground_truth(dsn)
+    assert lifecycle_counts(await scrape(client)) == audit_counts_by_slug(dsn)

@@ -5,45 +5,30 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psycopg2
 import pytest
-from psycopg2 import sql
 
 from exporter.db import Database
-from exporter.pgcluster import apply_schema
 from exporter.refresher import Refresher
-from tests.conftest import FleetDatabase, PgServer
-from tests.support.db import execute, fetch_all, insert_product
+from tests.conftest import PgServer, fleet_database
+from tests.support.counts import audit_counts_by_product, snapshot_counts
+from tests.support.db import FleetDatabase, execute, insert_product
 from tests.support.service import make_settings
 
 KEY = "pk-sept-acme-" + "a" * 40
 ROWS = 5_000
 
 
-def _ground_truth(dsn: str) -> dict[tuple[str, str], int]:
-    rows = fetch_all(
-        dsn,
-        "SELECT product_id::text, action, count(*) FROM audit_log"
-        " WHERE product_id IS NOT NULL GROUP BY 1, 2",
-    )
-    return {(product_id, action): int(n) for product_id, action, n in rows}
-
-
 def _exported(refresher: Refresher) -> dict[tuple[str, str], int]:
+    """The published lifetime counts, which must be totals."""
     snapshot = refresher.published.snapshot
     assert snapshot is not None
     assert snapshot.audit_counted
-    return {
-        (product_id, action): count
-        for product_id, fleet in snapshot.fleets.items()
-        for action, count in fleet.lifetime_by_action.items()
-        if count
-    }
+    return snapshot_counts(refresher)
 
 
 def _add_history(dsn: str, product: str, rows: int) -> None:
@@ -109,10 +94,10 @@ async def test_a_restart_resumes_from_the_checkpoint_without_a_backfill(
             assert await refresher.refresh_once()
             assert refresher.audit.counted
             assert refresher.audit.backfill is None or refresher.audit.backfill.done
-            assert _exported(refresher) == _ground_truth(dsn)
+            assert _exported(refresher) == audit_counts_by_product(dsn)
             held.commit()
             assert await refresher.refresh_once()
-            assert _exported(refresher) == _ground_truth(dsn)
+            assert _exported(refresher) == audit_counts_by_product(dsn)
         finally:
             await database.close()
     finally:
@@ -150,23 +135,9 @@ async def test_a_checkpoint_written_mid_backfill_resumes_the_backfill_where_it_s
         assert resumed.next_lo == 2_001
         assert not second.audit.counted
         assert await second.refresh_until_counted()
-        assert _exported(second) == _ground_truth(dsn)
+        assert _exported(second) == audit_counts_by_product(dsn)
     finally:
         await database.close()
-
-
-def _other_database(pg_server: PgServer) -> str:
-    name = f"fleet_{uuid.uuid4().hex[:12]}"
-    connection = psycopg2.connect(pg_server.admin_dsn())
-    try:
-        connection.autocommit = True
-        with connection.cursor() as cursor:
-            cursor.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    finally:
-        connection.close()
-    dsn = pg_server.admin_dsn(name)
-    apply_schema(dsn)
-    return dsn
 
 
 def _truncate_restart_identity(dsn: str, product: str) -> None:
@@ -191,14 +162,27 @@ def _truncate_file(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
 
 
+def _empty(dsn: str, product: str) -> None:
+    execute(dsn, "TRUNCATE audit_log RESTART IDENTITY")
+
+
+CHANGED_CRASH_ACTIONS = {"actions": {"crash": ["health_failed", "wake"]}}
+
+
 @pytest.mark.parametrize(
-    ("change_data", "change_file", "reason"),
+    ("change_data", "change_file", "restart_with", "reason"),
     [
-        pytest.param(_truncate_restart_identity, None, "high_water_row_changed", id="truncate"),
-        pytest.param(_rewind, None, "high_water_row_changed", id="rewind-reusing-ids"),
-        pytest.param(None, _truncate_file, "damaged", id="truncated-json"),
-        pytest.param(None, _corrupt, "damaged", id="corrupted-state"),
-        pytest.param(None, lambda p: p.write_text("{}"), "damaged", id="not-a-checkpoint"),
+        pytest.param(
+            _truncate_restart_identity, None, {}, "high_water_row_changed", id="truncate-refill"
+        ),
+        pytest.param(_empty, None, {}, "high_water_row_missing", id="truncate-empty"),
+        pytest.param(_rewind, None, {}, "high_water_row_changed", id="rewind-reusing-ids"),
+        pytest.param(
+            None, None, CHANGED_CRASH_ACTIONS, "counting_settings_changed", id="other-actions"
+        ),
+        pytest.param(None, _truncate_file, {}, "damaged", id="truncated-json"),
+        pytest.param(None, _corrupt, {}, "damaged", id="corrupted-state"),
+        pytest.param(None, lambda p: p.write_text("{}"), {}, "damaged", id="not-a-checkpoint"),
     ],
 )
 async def test_a_checkpoint_that_no_longer_fits_is_rejected_and_the_log_counted_exactly(
@@ -207,6 +191,7 @@ async def test_a_checkpoint_that_no_longer_fits_is_rejected_and_the_log_counted_
     caplog: pytest.LogCaptureFixture,
     change_data: Callable[[str, str], None] | None,
     change_file: Callable[[Path], None] | None,
+    restart_with: dict[str, Any],
     reason: str,
 ) -> None:
     dsn = fleet_db.dsn
@@ -217,34 +202,9 @@ async def test_a_checkpoint_that_no_longer_fits_is_rejected_and_the_log_counted_
         change_data(dsn, product)
     if change_file is not None:
         change_file(checkpoint)
-    restarted = await _count(dsn, checkpoint)
+    restarted = await _count(dsn, checkpoint, **restart_with)
     assert _rejections(caplog) == [reason]
-    assert _exported(restarted) == _ground_truth(dsn)
-
-
-async def test_a_checkpoint_of_an_emptied_log_is_rejected(
-    fleet_db: FleetDatabase, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    dsn = fleet_db.dsn
-    _fleet(dsn)
-    checkpoint = tmp_path / "audit.json"
-    await _count(dsn, checkpoint)
-    execute(dsn, "TRUNCATE audit_log RESTART IDENTITY")
-    restarted = await _count(dsn, checkpoint)
-    assert _rejections(caplog) == ["high_water_row_missing"]
-    assert _exported(restarted) == {}
-
-
-async def test_changed_counting_settings_reject_the_checkpoint(
-    fleet_db: FleetDatabase, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    dsn = fleet_db.dsn
-    _fleet(dsn)
-    checkpoint = tmp_path / "audit.json"
-    await _count(dsn, checkpoint)
-    restarted = await _count(dsn, checkpoint, actions={"crash": ["health_failed", "wake"]})
-    assert _rejections(caplog) == ["counting_settings_changed"]
-    assert _exported(restarted) == _ground_truth(dsn)
+    assert _exported(restarted) == audit_counts_by_product(dsn)
 
 
 async def test_a_checkpoint_from_another_database_is_rejected(
@@ -253,11 +213,11 @@ async def test_a_checkpoint_from_another_database_is_rejected(
     checkpoint = tmp_path / "audit.json"
     _fleet(fleet_db.dsn)
     await _count(fleet_db.dsn, checkpoint)
-    other = _other_database(pg_server)
-    _fleet(other)
-    restarted = await _count(other, checkpoint)
-    assert _rejections(caplog) == ["other_database"]
-    assert _exported(restarted) == _ground_truth(other)
+    with fleet_database(pg_server) as other:
+        _fleet(other.dsn)
+        restarted = await _count(other.dsn, checkpoint)
+        assert _rejections(caplog) == ["other_database"]
+        assert _exported(restarted) == audit_counts_by_product(other.dsn)
 
 
 async def test_a_checkpoint_from_another_cluster_is_rejected(
@@ -270,4 +230,4 @@ async def test_a_checkpoint_from_another_cluster_is_rejected(
     caplog.set_level(logging.INFO)
     restarted = await _count(fleet_db.dsn, checkpoint)
     assert _rejections(caplog) == ["other_cluster"]
-    assert _exported(restarted) == _ground_truth(fleet_db.dsn)
+    assert _exported(restarted) == audit_counts_by_product(fleet_db.dsn)

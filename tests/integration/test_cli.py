@@ -102,8 +102,11 @@ def _wait_ready(base: str, process: subprocess.Popen[str]) -> None:
 
 
 @contextlib.contextmanager
-def _serving(config: Path, port: int) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
-    """Run ``serve``; on exit make sure it is gone and hand back its log lines."""
+def _serving(
+    config: Path, port: int, *, wait_ready: bool = True
+) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
+    """Run ``serve`` (until ready, unless told not to wait); on exit make sure it is gone
+    and hand back its log lines."""
     logs: list[str] = []
     with subprocess.Popen(
         [sys.executable, "-m", "exporter", "serve", "--config", str(config)],
@@ -112,7 +115,8 @@ def _serving(config: Path, port: int) -> Iterator[tuple[subprocess.Popen[str], l
         text=True,
     ) as process:
         try:
-            _wait_ready(f"http://127.0.0.1:{port}", process)
+            if wait_ready:
+                _wait_ready(f"http://127.0.0.1:{port}", process)
             yield process, logs
         finally:
             if process.poll() is None:
@@ -197,20 +201,11 @@ def test_a_statement_timeout_is_one_structured_line_and_nothing_else_on_stderr(
         match = re.search(rb'refresh_errors_total\{stage="products"\} (\S+)', body)
         return float(match.group(1)) if match and float(match.group(1)) >= 2 else None
 
-    with subprocess.Popen(
-        [sys.executable, "-m", "exporter", "serve", "--config", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as process:
-        try:
-            poll_until(failed_refreshes, what="two refreshes cancelled by the server", timeout_s=30)
-            process.send_signal(signal.SIGTERM)
-            _, stderr = process.communicate(timeout=10)
-        finally:
-            if process.poll() is None:
-                process.kill()
-    lines = stderr.splitlines()
+    with _serving(config, port, wait_ready=False) as (process, lines):
+        poll_until(failed_refreshes, what="two refreshes cancelled by the server", timeout_s=30)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+    stderr = "\n".join(lines)
     assert process.returncode == 0, stderr
     assert [line for line in lines if not STRUCTURED_LINE.match(line)] == []
     failures = [line for line in lines if " refresh_failed " in line]

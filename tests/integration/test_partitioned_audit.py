@@ -21,6 +21,7 @@ from exporter import queries
 from exporter.db import Database
 from exporter.domain import ROLLING_WINDOW, EventCategory
 from exporter.refresher import Refresher
+from tests.support.counts import audit_counts_by_product, snapshot_counts
 from tests.support.db import FleetDatabase, execute, fetch_all, fetch_value, insert_product
 from tests.support.service import make_settings
 
@@ -128,26 +129,6 @@ def _scanned_relations(node: dict[str, Any]) -> set[str]:
     return names
 
 
-def _ground_truth(dsn: str) -> dict[tuple[str, str], int]:
-    rows = fetch_all(
-        dsn,
-        "SELECT product_id::text, action, count(*) FROM audit_log"
-        " WHERE product_id IS NOT NULL GROUP BY 1, 2",
-    )
-    return {(product_id, action): int(n) for product_id, action, n in rows}
-
-
-def _exported(refresher: Refresher) -> dict[tuple[str, str], int]:
-    snapshot = refresher.published.snapshot
-    assert snapshot is not None
-    return {
-        (product_id, action): count
-        for product_id, fleet in snapshot.fleets.items()
-        for action, count in fleet.lifetime_by_action.items()
-        if count
-    }
-
-
 def test_every_month_lands_in_its_own_partition(partitioned_log: PartitionedLog) -> None:
     rows_by_partition = dict(
         fetch_all(
@@ -205,7 +186,7 @@ async def test_refresher_counts_on_the_partitioned_log_equal_count_star(
     late = psycopg2.connect(dsn)
     try:
         assert await refresher.refresh_until_counted()
-        assert _exported(refresher) == _ground_truth(dsn)
+        assert snapshot_counts(refresher) == audit_counts_by_product(dsn)
 
         with late.cursor() as cursor:
             cursor.execute(
@@ -231,7 +212,7 @@ async def test_refresher_counts_on_the_partitioned_log_equal_count_star(
         late.close()
         await database.close()
 
-    assert _exported(refresher) == _ground_truth(dsn)
+    assert snapshot_counts(refresher) == audit_counts_by_product(dsn)
     snapshot = refresher.published.snapshot
     assert snapshot is not None
     last_hour_provisions = dict(

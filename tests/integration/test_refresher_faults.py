@@ -14,48 +14,16 @@ from typing import Any
 import psycopg2
 import pytest
 from aiohttp.test_utils import TestClient
-from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.api import DATABASE, REFRESHER
 from exporter.app import create_app
 from exporter.db import DatabaseUnavailable, Statement
-from tests.support.db import execute, exporter_sessions, fetch_all, fetch_value, insert_product
+from tests.support.counts import audit_counts_by_slug, lifecycle_counts, scrape
+from tests.support.db import execute, exporter_sessions, fetch_value, insert_product
 from tests.support.service import make_settings, wait_until
 
 KEY = "pk-sept-acme-" + "a" * 40
 ClientFactory = Any
-
-
-def _scrape_values(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-async def _scrape(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return _scrape_values(await (await client.get("/prometheus")).text())
-
-
-def _ground_truth(dsn: str) -> dict[tuple[str, str], int]:
-    rows = fetch_all(
-        dsn,
-        "SELECT p.slug, a.action, count(*) FROM audit_log a JOIN products p ON p.id = a.product_id"
-        " GROUP BY 1, 2",
-    )
-    return {(slug, action): int(n) for slug, action, n in rows}
-
-
-def _exported_counts(
-    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float],
-) -> dict[tuple[str, str], int]:
-    counts = {}
-    for (name, labels), value in samples.items():
-        if name == "engine_fleet_lifecycle_events_total" and value:
-            label = dict(labels)
-            counts[(label["product"], label["action"])] = int(value)
-    return counts
 
 
 def _writer(dsn: str, product_ids: list[str], seed: int, transactions: int) -> None:
@@ -107,7 +75,7 @@ async def test_counters_stay_exact_under_out_of_order_commits_and_rollbacks(
         thread.join()
     assert await refresher.refresh_once()
     assert refreshes > 2, "the writers finished before the refresher could interleave"
-    assert _exported_counts(await _scrape(client)) == _ground_truth(dsn)
+    assert lifecycle_counts(await scrape(client)) == audit_counts_by_slug(dsn)
 
 
 async def test_a_gap_held_by_the_newest_running_writer_outlives_its_fence(
@@ -140,7 +108,7 @@ async def test_a_gap_held_by_the_newest_running_writer_outlives_its_fence(
         early.close()
         late.close()
     assert await refresher.refresh_once()
-    assert _exported_counts(await _scrape(client)) == {("acme", "provision"): 2}
+    assert lifecycle_counts(await scrape(client)) == {("acme", "provision"): 2}
 
 
 async def test_database_down_at_start_then_up_becomes_ready_without_restart(
@@ -157,7 +125,7 @@ async def test_database_down_at_start_then_up_becomes_ready_without_restart(
     )
     assert (await client.get("/healthz")).status == 200
     assert (await client.get("/readyz")).status == 503
-    samples = await _scrape(client)
+    samples = await scrape(client)
     assert samples[("engine_fleet_database_up", ())] == 0
     assert not any(name == "engine_fleet_engines" for name, _ in samples)
     response = await client.get("/status", headers={"X-Platform-Key": KEY})
@@ -165,7 +133,7 @@ async def test_database_down_at_start_then_up_becomes_ready_without_restart(
     assert (await response.json())["error"]["code"] == "FLEET_DATA_UNAVAILABLE"
     private_pg.server.start()
     await wait_until(lambda: _status_is(client, "/readyz", 200), what="readiness after start")
-    samples = await _scrape(client)
+    samples = await scrape(client)
     assert samples[("engine_fleet_database_up", ())] == 1
     assert samples[("engine_fleet_engines", (("product", "acme"), ("status", "running")))] == 0
 
@@ -175,7 +143,7 @@ async def _status_is(client: TestClient, path: str, status: int) -> bool:
 
 
 async def _errors_at_least(client: TestClient, stage: str, count: int) -> bool:
-    samples = await _scrape(client)
+    samples = await scrape(client)
     return samples[("engine_fleet_exporter_refresh_errors_total", (("stage", stage),))] >= count
 
 
@@ -195,14 +163,14 @@ async def test_database_stopped_mid_run_serves_last_data_until_stale_then_recove
     await wait_until(lambda: _status_is(client, "/readyz", 200), what="first refresh")
     private_pg.server.stop(mode="immediate")
     await wait_until(lambda: _errors_at_least(client, "connect", 1), what="a failed refresh")
-    samples = await _scrape(client)
+    samples = await scrape(client)
     assert samples[("engine_fleet_database_up", ())] == 0
     assert (await client.get("/status", headers={"X-Platform-Key": KEY})).status in (200, 503)
     await wait_until(lambda: _status_is(client, "/status", 503), timeout_s=10, what="staleness")
     body = await (await client.get("/metrics", headers={"X-Platform-Key": KEY})).json()
     assert body["error"]["code"] == "FLEET_DATA_STALE"
     assert (await client.get("/readyz")).status == 503
-    stale = await _scrape(client)
+    stale = await scrape(client)
     assert not any(name.startswith("engine_fleet_lifecycle") for name, _ in stale)
     assert ("engine_fleet_exporter_build_info", (("version", app[REFRESHER]._version),)) in stale
     private_pg.server.start()
@@ -214,7 +182,7 @@ async def test_database_stopped_mid_run_serves_last_data_until_stale_then_recove
     )
     await wait_until(lambda: _status_is(client, "/metrics", 200), timeout_s=15, what="recovery")
     await app[REFRESHER].refresh_once()
-    assert _exported_counts(await _scrape(client)) == _ground_truth(dsn)
+    assert lifecycle_counts(await scrape(client)) == audit_counts_by_slug(dsn)
 
 
 async def test_a_locked_table_fails_the_refresh_cleanly_and_the_next_one_succeeds(
@@ -236,7 +204,7 @@ async def test_a_locked_table_fails_the_refresh_cleanly_and_the_next_one_succeed
     finally:
         locker.rollback()
         locker.close()
-    samples = await _scrape(client)
+    samples = await scrape(client)
     assert samples[("engine_fleet_exporter_refresh_errors_total", (("stage", "engines"),))] == 1
     assert samples[("engine_fleet_database_up", ())] == 1
     assert exporter_sessions(dsn, "state <> 'idle'") == 0

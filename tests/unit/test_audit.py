@@ -199,6 +199,18 @@ def _refresh(model: _MvccModel, tracker: IdGapTracker, counted: list[int]) -> No
     tracker.advance(read, snapshot)
 
 
+def _finish_and_check(model: _MvccModel, tracker: IdGapTracker, counted: list[int]) -> None:
+    """Let every writer finish, refresh past the grace, and check the count is exact."""
+    model.finish_everything()
+    for _ in range(3):
+        model.now += ID_ALLOCATION_GRACE
+        _refresh(model, tracker, counted)
+    committed = {i for t in model.txns if t.state == "committed" for i in t.ids}
+    assert len(counted) == len(set(counted)), "a row was counted twice"
+    assert set(counted) == committed, "a committed row was missed"
+    assert tracker.gaps == [], "a permanent gap was never retired"
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.integers(min_value=0, max_value=2**32))
 def test_every_committed_row_is_counted_exactly_once_and_gaps_drain(seed: int) -> None:
@@ -209,14 +221,7 @@ def test_every_committed_row_is_counted_exactly_once_and_gaps_drain(seed: int) -
         for _ in range(model.rng.randint(0, 6)):
             model.step()
         _refresh(model, tracker, counted)
-    model.finish_everything()
-    for _ in range(3):
-        model.now += ID_ALLOCATION_GRACE
-        _refresh(model, tracker, counted)
-    committed = {i for t in model.txns if t.state == "committed" for i in t.ids}
-    assert len(counted) == len(set(counted)), "a row was counted twice"
-    assert set(counted) == committed, "a committed row was missed"
-    assert tracker.gaps == [], "a permanent gap was never retired"
+    _finish_and_check(model, tracker, counted)
 
 
 def _count_chunk(
@@ -262,14 +267,7 @@ def test_a_history_counted_in_chunks_between_live_refreshes_is_exact(seed: int) 
             _count_chunk(model, tracker, plan, counted)
         else:
             _refresh(model, tracker, counted)
-    model.finish_everything()
-    for _ in range(3):
-        model.now += ID_ALLOCATION_GRACE
-        _refresh(model, tracker, counted)
-    committed = {i for t in model.txns if t.state == "committed" for i in t.ids}
-    assert len(counted) == len(set(counted)), "a row was counted twice"
-    assert set(counted) == committed, "a committed row was missed"
-    assert tracker.gaps == [], "a permanent gap was never retired"
+    _finish_and_check(model, tracker, counted)
 
 
 def _tally(sample_size: int = 3) -> AuditTally:
