@@ -23,6 +23,7 @@ from aiohttp import web
 
 from exporter.app import create_app
 from exporter.config import Settings, settings_from_mapping
+from exporter.demo.model import DEMO_PRODUCTS, HEALTH_LOOP_INCIDENT
 from exporter.demo.receiver import receiver_app
 from exporter.demo.seed import DemoProduct, seed_demo
 from exporter.demo.simulator import FleetSimulator
@@ -49,6 +50,11 @@ PROMETHEUS_PORT = 9090
 ALERTMANAGER_PORT = 9093
 """Their usual ports when free (else any free port); ``--port 0`` takes free ports for all."""
 STACK_READY_TIMEOUT_S = 60.0
+INCIDENT_DELAY_S = 10.0
+"""A product's burst of failures strikes this long after start, once Prometheus has scraped
+the calm fleet, so it shows as an increase and not as where the series begin (a stalled
+health loop shows in a gauge and starts at once)."""
+INCIDENTS = frozenset({*(p.slug for p in DEMO_PRODUCTS), HEALTH_LOOP_INCIDENT})
 
 
 def demo_settings(dsn: str, host: str, port: int, checkpoint: Path | None = None) -> Settings:
@@ -182,8 +188,12 @@ async def _serve_demo(
         exporter_port = site.port
         ops, note = await _start_ops_stack(cleanup, stop, exporter_port, any_port=port == 0)
         simulator = FleetSimulator(dsn, products=products)
-        if incident:
+        if incident == HEALTH_LOOP_INCIDENT:
             simulator.start_incident(incident)
+        elif incident:
+            asyncio.get_running_loop().call_later(
+                INCIDENT_DELAY_S, simulator.start_incident, incident
+            )
         simulation = asyncio.create_task(simulator.run(stop), name="fleet-simulator")
         _print_banner(f"http://{host}:{exporter_port}", products, ops, note)
         await stop.wait()
@@ -191,6 +201,14 @@ async def _serve_demo(
 
 
 def run_demo(*, port: int, host: str, engines: int, dsn: str | None, incident: str | None) -> int:
+    if incident is not None and incident not in INCIDENTS:
+        known = ", ".join(p.slug for p in DEMO_PRODUCTS)
+        print(
+            f"fleet-exporter demo: unknown incident {incident!r}; known: {known}"
+            f" (a burst of failures in that product) or {HEALTH_LOOP_INCIDENT}",
+            file=sys.stderr,
+        )
+        return 2
     configure_logging(demo_settings("postgresql://demo", host, port).log)
     if dsn is not None:
         asyncio.run(_simulate_only(dsn, engines, incident))

@@ -182,6 +182,11 @@ def test_demo_runs_prometheus_and_pages_the_incident_through_alertmanager(
         if alert["labels"]["alertname"] == "EngineFleetCritical"
     ]
     assert {labels["product"] for labels in critical} == {"acme"}
+    # The incident strikes after Prometheus has scraped the calm fleet: it is an increase.
+    burst = (
+        'increase(engine_fleet_lifecycle_events_total{product="acme",action="health_failed"}[5m])'
+    )
+    assert float(_query(prometheus, burst)[0]["value"][1]) > 0
     assert not [line for line in demo.lines if "not installed" in line]
 
     _assert_stopped_and_removed(demo)
@@ -227,6 +232,26 @@ def test_demo_runs_without_what_is_not_installed_and_says_what_to_install(
             what="engine_fleet_engines in Prometheus",
         )
     _assert_stopped_and_removed(demo)
+
+
+def test_an_unknown_incident_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "demo", "--port", "0", "--incident", "acmee"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "TMPDIR": str(temp)},
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "fleet-exporter demo: unknown incident 'acmee'; known: acme, globex, initech"
+        " (a burst of failures in that product) or health-loop"
+    ]
+    assert result.stdout == ""
+    assert list(temp.iterdir()) == []
 
 
 def _as_unprivileged(command: list[str]) -> list[str]:
