@@ -9,6 +9,7 @@ per header value.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
@@ -83,20 +84,29 @@ def _quality(params: tuple[tuple[str, str], ...]) -> tuple[float, tuple[tuple[st
     return 1.0, params
 
 
-def parse_accept(header: str) -> list[MediaRange]:
-    """The media ranges of an ``Accept`` header; malformed elements are left out."""
-    ranges = []
+def _ranked(
+    header: str, head: re.Pattern[str]
+) -> Iterator[tuple[re.Match[str], float, tuple[tuple[str, str], ...]]]:
+    """Each well-formed element of a ranked list header: the ``head`` match, its q-value and
+    the parameters before it. Malformed elements are left out."""
     for element in _split_elements(header):
-        match = _MEDIA_RANGE.match(element)
+        match = head.match(element)
         params = _parameters(element[match.end() :]) if match else None
         if match is None or params is None:
             continue
         try:
-            q, media_params = _quality(params)
+            q, before_q = _quality(params)
         except ValueError:
             continue
-        ranges.append(MediaRange(match.group(1).lower(), match.group(2).lower(), media_params, q))
-    return ranges
+        yield match, q, before_q
+
+
+def parse_accept(header: str) -> list[MediaRange]:
+    """The media ranges of an ``Accept`` header; malformed elements are left out."""
+    return [
+        MediaRange(match.group(1).lower(), match.group(2).lower(), params, q)
+        for match, q, params in _ranked(header, _MEDIA_RANGE)
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,15 +165,7 @@ def accepts_gzip(accept_encoding: str) -> bool:
     """Whether ``Accept-Encoding`` allows gzip (``gzip``, ``x-gzip`` or ``*``, with q > 0)."""
     explicit: float | None = None
     wildcard: float | None = None
-    for element in _split_elements(accept_encoding):
-        match = _CODING.match(element)
-        params = _parameters(element[match.end() :]) if match else None
-        if match is None or params is None:
-            continue
-        try:
-            q, _ = _quality(params)
-        except ValueError:
-            continue
+    for match, q, _ in _ranked(accept_encoding, _CODING):
         coding = match.group(1).lower()
         if coding in ("gzip", "x-gzip"):
             explicit = q if explicit is None else max(explicit, q)
