@@ -36,10 +36,13 @@ from exporter.openapi import openapi_document
 from exporter.queries import EnginePosition, EngineRecord, fetch_engines_page
 from exporter.refresher import Published, Refresher
 from exporter.views import JSON_CONTENT_TYPE, RenderedViews
+from exporter.webconfig import BasicAuthCheck, WebConfigSource
 
 SETTINGS = web.AppKey("settings", Settings)
 DATABASE = web.AppKey("database", Database)
 REFRESHER = web.AppKey("refresher", Refresher)
+WEB_CONFIG = web.AppKey("web_config", WebConfigSource)
+BASIC_AUTH = web.AppKey("basic_auth", BasicAuthCheck)
 
 PLATFORM_KEY_HEADER = "X-Platform-Key"
 #: The longest header value the edge lets through; a longer key never reaches a handler.
@@ -217,18 +220,38 @@ async def fleet_metrics(request: web.Request) -> web.Response:
     return _snapshot_body(request, lambda views: views.metrics)
 
 
-def _check_bearer_token(request: web.Request, token: str) -> None:
-    """One ``Authorization`` header, scheme ``Bearer`` in any case, and exactly the token."""
+def _basic_credentials(token68: str) -> tuple[str, bytes] | None:
+    try:
+        user, separator, password = base64.b64decode(token68, validate=True).partition(b":")
+        return (user.decode(), password) if separator else None
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+async def _authorize_scrape(request: web.Request, token: str | None) -> None:
+    """When a bearer token or basic auth users are configured, one ``Authorization`` header
+    carrying one of them (the scheme in any case) is required."""
+    users = request.app[WEB_CONFIG].current().basic_auth_users
+    if token is None and not users:
+        return
     supplied = request.headers.getall("Authorization", ())
     credentials = parse_credentials(supplied[0]) if len(supplied) == 1 else None
-    given = credentials[1] if credentials and credentials[0] == "bearer" else ""
-    if not hmac.compare_digest(given.encode(), token.encode()):
-        raise ApiError(
-            401,
-            "UNAUTHORIZED",
-            "A valid bearer token is required for this endpoint.",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+    if credentials is not None:
+        scheme, value = credentials
+        if scheme == "bearer" and token is not None:
+            if hmac.compare_digest(value.encode(), token.encode()):
+                return
+        elif scheme == "basic" and users:
+            pair = _basic_credentials(value)
+            if pair is not None and await request.app[BASIC_AUTH].check(users, *pair):
+                return
+    schemes = [name for name, on in (("Bearer", token), ('Basic realm="metrics"', users)) if on]
+    raise ApiError(
+        401,
+        "UNAUTHORIZED",
+        "Valid credentials are required for this endpoint.",
+        headers={"WWW-Authenticate": ", ".join(schemes)},
+    )
 
 
 def _backfill_running(refresher: Refresher) -> ApiError:
@@ -245,9 +268,7 @@ def _backfill_running(refresher: Refresher) -> ApiError:
 
 
 async def prometheus(request: web.Request) -> web.Response:
-    token = request.app[SETTINGS].prometheus.bearer_token
-    if token is not None:
-        _check_bearer_token(request, token)
+    await _authorize_scrape(request, request.app[SETTINGS].prometheus.bearer_token)
     refresher = request.app[REFRESHER]
     openmetrics = choose_exposition(request.headers.get("Accept", "")) == "openmetrics"
     body = refresher.published.exposition.body(

@@ -16,20 +16,24 @@ from typing import Any
 from aiohttp import web
 
 from exporter import __version__
-from exporter.api import DATABASE, REFRESHER, SETTINGS, add_routes
+from exporter.api import BASIC_AUTH, DATABASE, REFRESHER, SETTINGS, WEB_CONFIG, add_routes
 from exporter.config import Settings
 from exporter.db import Database, is_cancelled_statement
 from exporter.logs import log_event
 from exporter.refresher import Refresher
+from exporter.webconfig import BasicAuthCheck, WebConfigSource
 
 logger = logging.getLogger("exporter.app")
 
 
 def create_app(settings: Settings, *, refresh_in_background: bool = True) -> web.Application:
     """The service; without ``refresh_in_background`` nothing refreshes unless the caller
-    drives the refresher (tests that play refreshes and backfill chunks one by one)."""
+    drives the refresher (tests that play refreshes and backfill chunks one by one).
+    ConfigError when the web configuration file is not usable."""
     app = web.Application()
     app[SETTINGS] = settings
+    app[WEB_CONFIG] = WebConfigSource(settings.web.config_file)
+    app[BASIC_AUTH] = BasicAuthCheck()
     database = Database(settings.database)
     app[DATABASE] = database
     app[REFRESHER] = Refresher(database, settings, version=__version__)

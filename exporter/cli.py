@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import signal
 import sys
@@ -11,10 +12,11 @@ from pathlib import Path
 
 from exporter import __version__, queries
 from exporter.app import create_app
-from exporter.config import ConfigError, Settings, load_settings
+from exporter.config import ConfigError, Settings, WebSettings, load_settings
 from exporter.db import Database, DatabaseUnavailable
 from exporter.edge import serving
 from exporter.logs import configure_logging, log_event
+from exporter.webconfig import load_web_config
 
 logger = logging.getLogger("exporter.cli")
 
@@ -22,12 +24,19 @@ SHUTDOWN_TIMEOUT_S = 4.0
 """In-flight requests get this long after SIGTERM; the whole stop stays under 5 s."""
 
 
-def _load(path: Path) -> Settings | None:
+def _load(path: Path, web_config_file: Path | None) -> Settings | None:
+    """The settings, the web configuration file of the command line in force, both checked;
+    None after printing the one line that says what is wrong."""
     try:
-        return load_settings(path)
+        settings = load_settings(path)
+        if web_config_file is not None:
+            settings = dataclasses.replace(settings, web=WebSettings(web_config_file))
+        if settings.web.config_file is not None:
+            load_web_config(settings.web.config_file)
     except ConfigError as error:
         print(f"fleet-exporter: config error: {error}", file=sys.stderr)
         return None
+    return settings
 
 
 async def _serve_until_signalled(settings: Settings) -> None:
@@ -58,6 +67,11 @@ def serve(settings: Settings) -> int:
 async def run_checks(settings: Settings) -> list[tuple[bool, str]]:
     """Every check ``fleet-exporter check`` reports, as (passed, line)."""
     results: list[tuple[bool, str]] = [(True, "config: valid")]
+    if settings.web.config_file is not None:
+        web_config = load_web_config(settings.web.config_file)
+        tls = f"TLS {web_config.tls.min_version}+" if web_config.tls else "no TLS"
+        users = len(web_config.basic_auth_users)
+        results.append((True, f"web config: valid ({tls}, {users} basic auth user(s))"))
     database = Database(settings.database)
     try:
         async with database.read_transaction() as tx:
@@ -119,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         command = commands.add_parser(name, help=text, description=text)
         command.add_argument("--config", type=Path, required=True, help="YAML configuration file")
+        command.add_argument(
+            "--web.config.file",
+            dest="web_config_file",
+            type=Path,
+            help="Prometheus web configuration file (TLS, basic auth); overrides web.config_file",
+        )
     demo = commands.add_parser(
         "demo",
         help="run the service on an embedded PostgreSQL with a simulated, moving fleet",
@@ -155,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             dsn=args.dsn,
             incident=args.incident,
         )
-    settings = _load(args.config)
+    settings = _load(args.config, args.web_config_file)
     if settings is None:
         return 2
     if args.command == "serve":

@@ -269,6 +269,12 @@ class StateSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class WebSettings:
+    #: The Prometheus web configuration file (TLS, headers, basic auth); see webconfig.py.
+    config_file: Path | None = field(default=None, metadata=_rule(_optional_file))
+
+
+@dataclass(frozen=True, slots=True)
 class LogSettings:
     level: str = field(default="info", metadata=_rule(_one_of("debug", "info", "warning", "error")))
     format: str = field(default="text", metadata=_rule(_one_of("text", "json")))
@@ -284,6 +290,7 @@ class Settings:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     prometheus: PrometheusSettings = field(default_factory=PrometheusSettings)
     state: StateSettings = field(default_factory=StateSettings)
+    web: WebSettings = field(default_factory=WebSettings)
     log: LogSettings = field(default_factory=LogSettings)
 
     @property
@@ -372,9 +379,9 @@ def settings_from_mapping(
     """Validate an already-parsed configuration document into Settings.
 
     A non-empty ``FLEET_EXPORTER_DSN`` in ``environ`` (default ``os.environ``) overrides
-    ``database.dsn``. A relative ``prometheus.bearer_token_file`` or ``state.checkpoint_path``
-    is resolved against ``base_dir`` (the config file's directory), like Prometheus does
-    with its own files.
+    ``database.dsn``. A relative ``prometheus.bearer_token_file``, ``state.checkpoint_path``
+    or ``web.config_file`` is resolved against ``base_dir`` (the config file's directory),
+    like Prometheus does with its own files.
     """
     environ = os.environ if environ is None else environ
     if raw is None:
@@ -400,6 +407,9 @@ def settings_from_mapping(
     checkpoint = values["state"].get("checkpoint_path")
     if isinstance(checkpoint, Path) and base_dir is not None:
         values["state"]["checkpoint_path"] = base_dir / checkpoint
+    web_config = values["web"].get("config_file")
+    if isinstance(web_config, Path) and base_dir is not None:
+        values["web"]["config_file"] = base_dir / web_config
     return Settings(**{name: _SECTIONS[name](**given) for name, given in values.items()})
 
 

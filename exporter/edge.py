@@ -24,16 +24,17 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from ssl import SSLContext
 from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
+from exporter.api import WEB_CONFIG
 from exporter.config import ListenSettings, Settings
 from exporter.errors import ApiError, error_response
 from exporter.logs import log_event
+from exporter.webconfig import WebConfigSource
 
 logger = logging.getLogger("exporter.http")
 
@@ -191,33 +192,47 @@ class EdgeProtocol(RequestHandler):
             rejection = classify_rejection(exc)
             self._edge.note("request_rejected", rejection.kind, status=rejection.status)
             response = error_response(ApiError(rejection.status, rejection.code, rejection.message))
+        self._edge.add_configured_headers(response)
         response.force_close()
         return response
 
 
 class EdgeServer(web.Server):
-    """The connection factory of the edge: the application's handler behind the guard."""
+    """The connection factory of the edge: the application's handler behind the guard, which
+    also adds the web configuration's response headers to every answer."""
 
-    def __init__(self, app_server: web.Server, listen: ListenSettings, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        app_server: web.Server,
+        listen: ListenSettings,
+        web_config: WebConfigSource,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(
             self._guarded(app_server.request_handler),
             request_factory=app_server.request_factory,
             **kwargs,
         )
         self.listen = listen
+        self.web_config = web_config
         self._protocol_kwargs = kwargs
         self._open: set[RequestHandler] = set()
         self._rejections = RateLimitedCounts(REJECTION_LOG_INTERVAL_S)
 
-    @staticmethod
-    def _guarded(handler: Handler) -> Handler:
+    def _guarded(self, handler: Handler) -> Handler:
         async def answer(request: web.BaseRequest) -> web.StreamResponse:
             try:
-                return await handler(request)
+                response = await handler(request)
             except web.HTTPException as error:
-                return _http_exception_answer(error)
+                response = _http_exception_answer(error)
+            self.add_configured_headers(response)
+            return response
 
         return answer
+
+    def add_configured_headers(self, response: web.StreamResponse) -> None:
+        for name, value in self.web_config.current().headers:
+            response.headers[name] = value
 
     def note(self, event: str, kind: str, *, status: int | None = None) -> None:
         """Log a client mistake at info, at most once per kind per interval, with a count."""
@@ -241,10 +256,77 @@ class EdgeServer(web.Server):
         super().connection_lost(handler, exc)
 
 
-def edge_server(app_server: web.Server, listen: ListenSettings, *, access_log: bool) -> EdgeServer:
+class _TLSHandshake(asyncio.Protocol):
+    """The first protocol of a TLS connection: it upgrades the accepted TCP connection with
+    the web configuration's context of the moment (so a changed certificate, CA or client
+    auth type holds from the next connection on), then hands it to an ``EdgeProtocol``.
+
+    The handshake is bounded by the header timeout; a failed one is counted and logged
+    like a rejected request."""
+
+    def __init__(self, edge: EdgeServer) -> None:
+        self._edge = edge
+        self._protocol: EdgeProtocol | None = None
+        self._early: list[bytes] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.pause_reading()
+        self._task = asyncio.get_running_loop().create_task(self._upgrade(transport))
+
+    async def _upgrade(self, transport: asyncio.Transport) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            secured = await loop.start_tls(
+                transport,
+                self,
+                self._edge.web_config.ssl_context(),
+                server_side=True,
+                ssl_handshake_timeout=self._edge.listen.header_timeout_s,
+            )
+        except (OSError, TimeoutError) as error:
+            self._edge.note("tls_handshake_failed", type(error).__name__)
+            transport.close()
+            return
+        if secured is None:
+            transport.close()
+            return
+        protocol = self._edge()
+        secured.set_protocol(protocol)
+        protocol.connection_made(secured)
+        self._protocol = protocol
+        for data in self._early:
+            protocol.data_received(data)
+        self._early.clear()
+
+    def data_received(self, data: bytes) -> None:
+        if self._protocol is None:
+            self._early.append(data)
+        else:
+            self._protocol.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._protocol is not None:
+            self._protocol.connection_lost(exc)
+        elif self._task is not None:
+            self._task.cancel()
+
+
+def edge_server(
+    app_server: web.Server,
+    listen: ListenSettings,
+    web_config: WebConfigSource,
+    *,
+    access_log: bool,
+) -> EdgeServer:
     return EdgeServer(
         app_server,
         listen,
+        web_config,
         keepalive_timeout=listen.keepalive_timeout_s,
         max_line_size=MAX_REQUEST_LINE,
         max_field_size=MAX_HEADER_VALUE + _HEADER_NAME_ALLOWANCE,
@@ -267,9 +349,8 @@ class EdgeSite(web.BaseSite):
         port: int,
         *,
         shutdown_timeout_s: float,
-        ssl_context: SSLContext | None = None,
     ) -> None:
-        super().__init__(runner, ssl_context=ssl_context)
+        super().__init__(runner)
         self._edge = edge
         self._host = host
         self._port = port
@@ -278,7 +359,7 @@ class EdgeSite(web.BaseSite):
 
     @property
     def name(self) -> str:
-        scheme = "https" if self._ssl_context else "http"
+        scheme = "https" if self._edge.web_config.tls_enabled else "http"
         return f"{scheme}://{self._host}:{self.port}"
 
     @property
@@ -289,9 +370,11 @@ class EdgeSite(web.BaseSite):
     async def start(self) -> None:
         await super().start()
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(
-            self._edge, self._host, self._port, ssl=self._ssl_context, reuse_address=True
+        edge = self._edge
+        factory: Callable[[], asyncio.BaseProtocol] = (
+            (lambda: _TLSHandshake(edge)) if edge.web_config.tls_enabled else edge
         )
+        server = await loop.create_server(factory, self._host, self._port, reuse_address=True)
         self._server = server
         self._bound_port = server.sockets[0].getsockname()[1]
 
@@ -304,26 +387,27 @@ class EdgeSite(web.BaseSite):
 
 @contextlib.asynccontextmanager
 async def serving(
-    app: web.Application,
-    settings: Settings,
-    *,
-    shutdown_timeout_s: float,
-    ssl_context: SSLContext | None = None,
+    app: web.Application, settings: Settings, *, shutdown_timeout_s: float
 ) -> AsyncIterator[EdgeSite]:
-    """Run ``app`` behind the edge on ``settings.listen`` until the block exits; then stop
-    listening, finish in-flight requests and run the app's cleanup."""
+    """Run ``app`` behind the edge on ``settings.listen`` (with TLS when its web configuration
+    says so) until the block exits; then stop listening, finish in-flight requests and run
+    the app's cleanup."""
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     try:
         assert runner.server is not None, "set up above"
-        edge = edge_server(runner.server, settings.listen, access_log=settings.log.level == "debug")
+        edge = edge_server(
+            runner.server,
+            settings.listen,
+            app[WEB_CONFIG],
+            access_log=settings.log.level == "debug",
+        )
         site = EdgeSite(
             runner,
             edge,
             settings.listen.host,
             settings.listen.port,
             shutdown_timeout_s=shutdown_timeout_s,
-            ssl_context=ssl_context,
         )
         await site.start()
         yield site

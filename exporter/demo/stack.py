@@ -118,9 +118,15 @@ def local_rules(shipped: Mapping[str, Any], timing: Timing) -> dict[str, Any]:
 
 
 def local_prometheus_config(
-    shipped: Mapping[str, Any], *, ports: Ports, rule_files: Sequence[Path], timing: Timing
+    shipped: Mapping[str, Any],
+    *,
+    ports: Ports,
+    rule_files: Sequence[Path],
+    timing: Timing,
+    exporter_scrape: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``prometheus.yml`` with its jobs pointed at the local processes.
+    """``prometheus.yml`` with its jobs pointed at the local processes; ``exporter_scrape``
+    (e.g. ``scheme``, ``tls_config``, ``basic_auth``) is set on the exporter's job.
 
     Every shipped job must be one the stack runs: a job added to the shipped file without a
     local target is an error here, not a job the demo silently leaves out.
@@ -152,6 +158,8 @@ def local_prometheus_config(
             raise OpsPackError(f"prometheus.yml: job {name!r} has no local target in the stack")
         job["static_configs"] = [{"targets": [f"{LOOPBACK}:{targets[name]}"]}]
         job.pop("authorization", None)
+        if name == EXPORTER_JOB:
+            job.update(exporter_scrape or {})
         jobs.append(job)
     if not any(job["job_name"] == EXPORTER_JOB for job in jobs):
         raise OpsPackError(f"prometheus.yml: no {EXPORTER_JOB} job")
@@ -260,6 +268,7 @@ class OpsStack:
         timing: Timing,
         prometheus_config: Path = PROMETHEUS_CONFIG,
         alertmanager_config: Path = ALERTMANAGER_CONFIG,
+        exporter_scrape: Mapping[str, Any] | None = None,
     ) -> None:
         if commands.prometheus is None:
             raise OpsPackError("the stack needs Prometheus")
@@ -271,6 +280,7 @@ class OpsStack:
         self._timing = timing
         self._prometheus_config = prometheus_config
         self._alertmanager_config = alertmanager_config
+        self._exporter_scrape = exporter_scrape
         self._root: Path | None = None
         self.processes: list[ManagedProcess] = []
 
@@ -296,7 +306,11 @@ class OpsStack:
         prometheus.write_text(
             yaml.safe_dump(
                 local_prometheus_config(
-                    shipped, ports=self.ports, rule_files=rule_files, timing=self._timing
+                    shipped,
+                    ports=self.ports,
+                    rule_files=rule_files,
+                    timing=self._timing,
+                    exporter_scrape=self._exporter_scrape,
                 )
             )
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import sys
 import threading
@@ -20,9 +21,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
+import bcrypt
 import pytest
+import trustme
 import yaml
 
 from exporter.demo.stack import (
@@ -34,6 +38,7 @@ from exporter.demo.stack import (
     Timing,
 )
 from exporter.pgcluster import EmbeddedPostgres, PostgresNotFound, apply_schema
+from tests.support import canary
 from tests.support.db import fetch_value, insert_engine, insert_product
 from tests.support.opspack import (
     EXPORTER_JOB,
@@ -89,6 +94,49 @@ class Stack:
         return result
 
 
+SCRAPE_USER = "prometheus"
+SCRAPE_PASSWORD = canary.secret("live-stack-scrape-password-" + "s" * 12)
+
+
+def _secure_the_exporter(tmp: Path) -> tuple[Path, dict[str, Any], Path]:
+    """TLS with a trustme certificate and basic auth by a web configuration file: the file,
+    the exporter job's settings that let Prometheus scrape it, and the CA file."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(tmp / "exporter.crt")
+    cert.private_key_pem.write_to_path(tmp / "exporter.key")
+    ca.cert_pem.write_to_path(tmp / "exporter-ca.crt")
+    (tmp / "scrape-password").write_text(SCRAPE_PASSWORD)
+    hashed = bcrypt.hashpw(SCRAPE_PASSWORD.encode(), bcrypt.gensalt(rounds=10)).decode()
+    web_config = tmp / "web.yml"
+    web_config.write_text(
+        yaml.safe_dump(
+            {
+                "tls_server_config": {"cert_file": "exporter.crt", "key_file": "exporter.key"},
+                "basic_auth_users": {SCRAPE_USER: hashed},
+            }
+        )
+    )
+    scrape = {
+        "scheme": "https",
+        "tls_config": {"ca_file": str(tmp / "exporter-ca.crt")},
+        "basic_auth": {"username": SCRAPE_USER, "password_file": str(tmp / "scrape-password")},
+    }
+    return web_config, scrape, tmp / "exporter-ca.crt"
+
+
+def _https_status(url: str, ca_file: Path) -> int:
+    context = ssl.create_default_context(cafile=str(ca_file))
+    try:
+        with urllib.request.urlopen(url, timeout=10, context=context) as response:
+            status: int = response.status
+            return status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return 0
+
+
 LIVE_TIMING = Timing(scrape_interval_s=1.0, speedup=300.0)
 """A five-minute ``for:`` takes one second, so alerts fire within the test."""
 
@@ -115,6 +163,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         )
         webhook = Webhook(webhook_port)
         webhook_server = webhook.serve()
+        web_config, exporter_scrape, exporter_ca = _secure_the_exporter(tmp)
         ops = OpsStack(
             commands=commands,
             ports=Ports(
@@ -122,6 +171,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             ),
             receiver_url=f"http://127.0.0.1:{webhook_port}",
             timing=LIVE_TIMING,
+            exporter_scrape=exporter_scrape,
         )
         exporter_config = tmp / "exporter.yaml"
         exporter_config.write_text(
@@ -130,6 +180,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                     "database": {"dsn": dsn},
                     "listen": {"host": "127.0.0.1", "port": exporter_port},
                     "refresh": {"interval_s": 1, "max_staleness_s": 30},
+                    "web": {"config_file": str(web_config)},
                 }
             )
         )
@@ -160,7 +211,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             ops.start()
             try:
                 poll_until(
-                    lambda: http_get(f"http://127.0.0.1:{exporter_port}/readyz")[0] == 200,
+                    lambda: (
+                        _https_status(f"https://127.0.0.1:{exporter_port}/readyz", exporter_ca)
+                        == 200
+                    ),
                     timeout_s=60,
                     what="the exporter to be ready",
                 )
@@ -187,6 +241,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             if webhook_server is not None:
                 webhook_server.shutdown()
                 webhook_server.server_close()
+            for log in sorted(logs.iterdir()):
+                canary.observe(f"live stack {log.name}", log.read_bytes())
 
 
 def test_prometheus_scrapes_the_exporter_with_the_shipped_job(stack: Stack) -> None:

@@ -93,6 +93,24 @@ def test_a_bad_config_is_one_line_naming_the_key(tmp_path: Path) -> None:
         assert "hunter2" not in result.stderr
 
 
+def test_a_bad_web_config_file_stops_serve_and_check_with_one_line_naming_the_key(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "exporter.yaml"
+    config.write_text("database:\n  dsn: postgresql://x:hunter2@127.0.0.1:1/db\n")
+    web = tmp_path / "web.yml"
+    web.write_text("tls_server_config:\n  cert_file: a.crt\n  key_file: a.key\n  min_version: X\n")
+    for command in ("serve", "check"):
+        result = _cli(command, "--config", str(config), "--web.config.file", str(web))
+        assert result.returncode == 2
+        assert result.stderr.count("\n") == 1
+        assert "tls_server_config.min_version" in result.stderr
+    config.write_text(config.read_text() + "web:\n  config_file: web.yml\n")
+    result = _cli("check", "--config", str(config))
+    assert result.returncode == 2
+    assert "tls_server_config.min_version" in result.stderr
+
+
 def _wait_ready(base: str, process: subprocess.Popen[str]) -> None:
     def ready() -> bool:
         assert process.poll() is None, "service exited before it became ready"
