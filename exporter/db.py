@@ -1,8 +1,9 @@
 """Database access: the read-only pool and one guarded way to run a read transaction.
 
-Every connection is read-only and carries server-side limits (statement, lock and idle
-transaction timeouts) plus a client-side backstop. A connection whose statement failed or
-timed out is closed, never handed back to the pool mid-query.
+Every exporter connection is read-only and carries server-side limits (statement, lock and
+idle transaction timeouts) plus a client-side backstop. A connection whose statement failed
+or timed out is closed, never handed back to the pool mid-query. ``WritableDatabase`` is the
+same pool for the demo, which writes a fleet; the exporter never builds one.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiopg
 import psycopg2
@@ -50,9 +51,15 @@ def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
-def session_options(settings: DatabaseSettings) -> str:
-    """Server settings every exporter connection starts with."""
+def session_options(settings: DatabaseSettings, *, read_only: bool = True) -> str:
+    """Server settings every exporter connection starts with.
+
+    A writing connection (``read_only=False``, the demo's) keeps only the statement timeout:
+    it waits on its seeding lock and plans a seed inside its transaction, as long as it takes.
+    """
     timeout_ms = _ms(settings.statement_timeout_s)
+    if not read_only:
+        return f"-c statement_timeout={timeout_ms} -c timezone=UTC"
     return " ".join(
         (
             "-c default_transaction_read_only=on",
@@ -118,11 +125,29 @@ class Transaction:
         return rows[0]
 
 
+class WriteTransaction(Transaction):
+    """Statements run inside one READ COMMITTED transaction that may write."""
+
+    async def execute(self, statement: Statement, params: Mapping[str, object]) -> int:
+        """Run ``statement``; the number of rows it touched."""
+        await _execute(self._cursor, statement.sql, params, self._timeout_s)
+        rowcount: int = self._cursor.rowcount
+        return rowcount
+
+
+_T = TypeVar("_T", bound=Transaction)
+
+
 class Database:
     """The exporter's pool; connections are opened lazily so start-up never needs the database."""
 
-    def __init__(self, settings: DatabaseSettings) -> None:
+    read_only = True
+
+    def __init__(
+        self, settings: DatabaseSettings, *, application_name: str = APPLICATION_NAME
+    ) -> None:
         self._settings = settings
+        self._application_name = application_name
         self._pool: Any = None
         self._pool_lock = asyncio.Lock()
         self._backstop_s = settings.statement_timeout_s + BACKSTOP_MARGIN_S
@@ -139,9 +164,9 @@ class Database:
                     enable_hstore=False,
                     enable_uuid=False,
                     pool_recycle=300,
-                    application_name=APPLICATION_NAME,
+                    application_name=self._application_name,
                     connect_timeout=max(1, round(self._settings.connect_timeout_s)),
-                    options=session_options(self._settings),
+                    options=session_options(self._settings, read_only=self.read_only),
                 )
             return self._pool
 
@@ -152,6 +177,13 @@ class Database:
         Database errors and timeouts come out as ``DatabaseUnavailable``; other exceptions
         raised by the caller's block pass through unchanged (the connection is still closed).
         """
+        async with self._transaction(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", Transaction
+        ) as tx:
+            yield tx
+
+    @asynccontextmanager
+    async def _transaction(self, begin: str, kind: type[_T]) -> AsyncIterator[_T]:
         try:
             pool = await self._get_pool()
             connection = await asyncio.wait_for(
@@ -163,10 +195,8 @@ class Database:
         try:
             cursor = await connection.cursor(timeout=self._backstop_s)
             try:
-                await cursor.execute(
-                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", timeout=self._backstop_s
-                )
-                yield Transaction(cursor, self._backstop_s)
+                await cursor.execute(begin, timeout=self._backstop_s)
+                yield kind(cursor, self._backstop_s)
                 await cursor.execute("COMMIT", timeout=self._backstop_s)
                 healthy = True
             finally:
@@ -191,6 +221,19 @@ class Database:
                     self._pool.terminate()
                     await self._pool.wait_closed()
                 self._pool = None
+
+
+class WritableDatabase(Database):
+    """A pool whose connections may write: the demo's, which plays the orchestrator."""
+
+    read_only = False
+
+    @asynccontextmanager
+    async def write_transaction(self) -> AsyncIterator[WriteTransaction]:
+        """One READ COMMITTED transaction that commits when the block ends; errors and the
+        discarded connection as in ``read_transaction``."""
+        async with self._transaction("BEGIN", WriteTransaction) as tx:
+            yield tx
 
 
 _DATABASE_ERRORS = (psycopg2.Error, OSError, TimeoutError, StatementCancelled)
