@@ -9,7 +9,6 @@ transaction, in bulk, unless the demo products are already there.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import random
 from collections.abc import Sequence
@@ -35,26 +34,19 @@ from exporter.demo.model import (
     restart_backoff_s,
     sample_boot_ms,
 )
-from exporter.demo.simulator import (
-    FIND_DEMO_PRODUCTS,
-    INSERT_AUDIT_ROWS,
-    INSERT_ENGINES,
-    INSERT_PRODUCTS,
-    LOCK_DEMO_SEED,
-    audit_params,
-    close_pool,
-    engine_params,
-    execute,
-    fetch_all,
-    open_pool,
-    write_transaction,
+from exporter.demo.store import (
+    any_product_exists,
+    insert_audit,
+    insert_engines,
+    insert_products,
+    lock_seeding,
+    open_database,
 )
 
 __all__ = ["DEMO_PRODUCTS", "DemoProduct", "SeedPlan", "plan_demo_fleet", "seed_demo"]
 
 SEED_LOCK_KEY = 0x5E9D_DE30
 """Advisory lock that makes two demo seeders starting at once seed only once."""
-BATCH_ROWS = 5_000
 DEMO_POLICIES: dict[str, dict[str, int]] = {
     "acme": {"max_engines": 1000, "rate_limit_rpm": 600},
     "globex": {"max_engines": 500, "rate_limit_rpm": 300},
@@ -445,12 +437,11 @@ async def seed_demo(
     """
     if engines < 0 or history_days < 0:
         raise ValueError("engines and history_days must not be negative")
-    pool = await open_pool(dsn)
+    database = open_database(dsn)
     try:
-        async with write_transaction(pool) as cursor:
-            await execute(cursor, LOCK_DEMO_SEED, {"key": SEED_LOCK_KEY})
-            product_ids = [p.product_id for p in DEMO_PRODUCTS]
-            if not await fetch_all(cursor, FIND_DEMO_PRODUCTS, {"product_ids": product_ids}):
+        async with database.write_transaction() as tx:
+            await lock_seeding(tx, SEED_LOCK_KEY)
+            if not await any_product_exists(tx, DEMO_PRODUCTS):
                 plan = plan_demo_fleet(
                     DEMO_PRODUCTS,
                     engines=engines,
@@ -458,28 +449,15 @@ async def seed_demo(
                     rng=random.Random(seed),
                     now=datetime.now(UTC),
                 )
-                await _write_plan(cursor, DEMO_PRODUCTS, plan)
+                await insert_products(
+                    tx,
+                    DEMO_PRODUCTS,
+                    api_key_hashes=[api_key_hash(p.api_key) for p in DEMO_PRODUCTS],
+                    policies=[plan.policies[p.slug] for p in DEMO_PRODUCTS],
+                    created_at=plan.start,
+                )
+                await insert_engines(tx, plan.engines)
+                await insert_audit(tx, plan.audit)
     finally:
-        await close_pool(pool)
+        await database.close()
     return DEMO_PRODUCTS
-
-
-async def _write_plan(cursor: object, products: Sequence[DemoProduct], plan: SeedPlan) -> None:
-    await execute(
-        cursor,
-        INSERT_PRODUCTS,
-        {
-            "id": [p.product_id for p in products],
-            "slug": [p.slug for p in products],
-            "display_name": [p.display_name for p in products],
-            "api_key_hash": [api_key_hash(p.api_key) for p in products],
-            "policy": [json.dumps(plan.policies[p.slug]) for p in products],
-            "created_at": [plan.start for _ in products],
-        },
-    )
-    for first in range(0, len(plan.engines), BATCH_ROWS):
-        batch = plan.engines[first : first + BATCH_ROWS]
-        await execute(cursor, INSERT_ENGINES, engine_params(batch))
-    for first in range(0, len(plan.audit), BATCH_ROWS):
-        batch_rows = plan.audit[first : first + BATCH_ROWS]
-        await execute(cursor, INSERT_AUDIT_ROWS, audit_params(batch_rows))
