@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Literal
 
-STATUSES = ("provisioning", "running", "sleeping", "stopped", "failed", "destroying")
+from exporter.domain import ENGINE_STATES
 
 ALLOWED_TRANSITIONS: frozenset[tuple[str, str]] = frozenset(
     {
@@ -29,7 +29,7 @@ ALLOWED_TRANSITIONS: frozenset[tuple[str, str]] = frozenset(
         ("stopped", "running"),
         ("running", "failed"),
         ("failed", "running"),
-        *((status, "destroying") for status in STATUSES if status != "destroying"),
+        *((status, "destroying") for status in ENGINE_STATES if status != "destroying"),
     }
 )
 """The orchestrator's documented lifecycle; row insert (as provisioning) and delete are apart."""
@@ -339,7 +339,7 @@ class FleetModel:
         return self._engines
 
     def status_counts(self, slug: str) -> dict[str, int]:
-        counts = dict.fromkeys(STATUSES, 0)
+        counts = dict.fromkeys(ENGINE_STATES, 0)
         for engine in self._engines.values():
             if engine.product.slug == slug:
                 counts[engine.status] += 1
@@ -365,7 +365,7 @@ class FleetModel:
         loaded: dict[str, SimEngine] = {}
         for row in engines:
             product = self._by_id.get(row.product_id)
-            if product is None or row.status not in STATUSES:
+            if product is None or row.status not in ENGINE_STATES:
                 continue
             engine = SimEngine(
                 engine_id=row.engine_id,

@@ -10,9 +10,10 @@ from dataclasses import replace
 import pytest
 from psycopg2 import sql
 
-from exporter.demo.model import STATUSES, SimulationRates
+from exporter.demo.model import SimulationRates
 from exporter.demo.seed import DEMO_PRODUCTS, seed_demo
 from exporter.demo.simulator import FleetSimulator
+from exporter.domain import ENGINE_STATES
 from tests.support.db import FleetDatabase, execute, fetch_all, fetch_value, key_hash
 from tests.support.service import wait_until
 
@@ -80,7 +81,7 @@ async def test_seed_demo_seeds_an_uneven_fleet_with_recent_history_once(
     )
     assert sizes == {"acme": 150, "globex": 90, "initech": 60}
     statuses = dict(fetch_all(dsn, "SELECT status, count(*) FROM engines GROUP BY 1"))
-    assert set(statuses) <= set(STATUSES)
+    assert set(statuses) <= set(ENGINE_STATES)
     assert statuses["running"] > 200
     recent = dict(
         fetch_all(
@@ -106,7 +107,7 @@ async def test_simulated_fleet_keeps_the_documented_invariants(fleet_db: FleetDa
     await ticks(FleetSimulator(dsn, products=products, rates=BRISK, seed=11), 40)
 
     statuses = {status for (status,) in fetch_all(dsn, "SELECT DISTINCT status FROM engines")}
-    assert statuses <= set(STATUSES)
+    assert statuses <= set(ENGINE_STATES)
     new_boots = fetch_value(
         dsn,
         "SELECT count(*) FROM audit_log WHERE action = 'provision' AND duration_ms IS NOT NULL"

@@ -18,7 +18,6 @@ from exporter.demo.model import (
     PREVIOUS_ENGINE_VERSION,
     PROBE_INTERVAL_S,
     ROLLOUT_ENGINE_VERSION,
-    STATUSES,
     AppendAudit,
     AuditEntry,
     ChangeStatus,
@@ -35,6 +34,7 @@ from exporter.demo.model import (
     restart_progress,
 )
 from exporter.demo.seed import NEAR_QUOTA_SLUG, final_statuses, plan_demo_fleet, split_counts
+from exporter.domain import ENGINE_STATES
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 ACME, GLOBEX, INITECH = DEMO_PRODUCTS
@@ -359,7 +359,7 @@ def test_seeded_fleet_is_split_unevenly_and_mostly_running() -> None:
     assert split_counts(7, (0.5, 0.3, 0.2)) == [4, 2, 1]
     statuses = Counter(final_statuses(300))
     assert sum(statuses.values()) == 300
-    assert set(statuses) <= set(STATUSES)
+    assert set(statuses) <= set(ENGINE_STATES)
     assert statuses["running"] > 0.7 * 300
     assert 1 <= statuses["failed"] <= 3
     assert statuses["sleeping"] > statuses["stopped"] > statuses["failed"]
