@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import psycopg2
 
-from exporter.pgcluster import index_statements
+from exporter.sqlfiles import recommended_indexes
 
 AUDIT_ACTIONS: tuple[tuple[str, float], ...] = (
     ("health_check", 0.55),
@@ -149,8 +149,8 @@ def generate(dsn: str, scale: Scale, *, history_days: float = 365.0) -> None:
                         "span_s": history_days * 86400,
                     },
                 )
-            for statement in index_statements():
-                cursor.execute(statement)
+            for index in recommended_indexes():
+                cursor.execute(index.sql)
             cursor.execute("VACUUM ANALYZE")
     finally:
         connection.close()

@@ -15,7 +15,6 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-from importlib import resources
 from pathlib import Path
 from types import TracebackType
 
@@ -23,6 +22,7 @@ import psycopg2
 from psycopg2 import sql
 
 from exporter.loopback import free_port
+from exporter.sqlfiles import recommended_indexes, sql_file
 
 INSTALL_HINT = (
     "PostgreSQL server binaries (initdb, pg_ctl) not found: install the Debian package"
@@ -226,31 +226,17 @@ class EmbeddedPostgres:
         return self.dsn(name)
 
 
-def _sql_file(name: str) -> str:
-    return resources.files("exporter").joinpath(f"sql/{name}").read_text(encoding="utf-8")
-
-
-def _statements(script: str) -> list[str]:
-    lines = [line for line in script.splitlines() if not line.strip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
-
-
-def index_statements() -> list[str]:
-    """The recommended indexes, one ``CREATE INDEX CONCURRENTLY`` each (autocommit only)."""
-    return _statements(_sql_file("indexes.sql"))
-
-
 def apply_schema(dsn: str, *, indexes: bool = True) -> None:
     """Create the orchestrator's tables and, optionally, the exporter's recommended indexes."""
     connection = psycopg2.connect(dsn)
     try:
         with connection, connection.cursor() as cursor:
-            cursor.execute(_sql_file("schema.sql"))
+            cursor.execute(sql_file("schema.sql"))
         connection.autocommit = True
         with connection.cursor() as cursor:
             if indexes:
-                for statement in index_statements():
-                    cursor.execute(statement)
+                for index in recommended_indexes():
+                    cursor.execute(index.sql)
             cursor.execute(
                 "SELECT 1 FROM pg_available_extensions WHERE name = 'pg_stat_statements'"
                 " AND current_setting('shared_preload_libraries') LIKE '%%pg_stat_statements%%'"

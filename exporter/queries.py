@@ -8,16 +8,15 @@ knows the total); ``check`` runs the schema statements.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib import resources
 
 from exporter.audit import AuditRow, DbSnapshot
 from exporter.checkpoint import DataIdentity
 from exporter.db import Statement, Transaction
 from exporter.domain import ENGINE_LISTING_FIELDS, EngineGroup, Product, quota_from_policy
+from exporter.sqlfiles import recommended_indexes
 
 SNAPSHOT = Statement(
     "snapshot",
@@ -238,8 +237,7 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
 
 def recommended_index_names() -> list[str]:
     """Index names declared in ``exporter/sql/indexes.sql`` (the single source of them)."""
-    text = resources.files("exporter").joinpath("sql/indexes.sql").read_text(encoding="utf-8")
-    return re.findall(r"CREATE INDEX CONCURRENTLY IF NOT EXISTS\s+(\w+)", text)
+    return [index.name for index in recommended_indexes()]
 
 
 async def fetch_snapshot(tx: Transaction) -> DbSnapshot:
