@@ -10,9 +10,7 @@ import base64
 import hashlib
 import hmac
 import math
-import re
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
@@ -20,12 +18,11 @@ from aiohttp import web
 
 from exporter.config import Settings
 from exporter.db import Database, DatabaseUnavailable
-from exporter.domain import ENGINE_STATES, ProductFleet
+from exporter.domain import ProductFleet
 from exporter.errors import (
     ApiError,
     Handler,
     endpoint,
-    invalid_parameter,
     invalid_platform_key,
     method_not_allowed,
     not_found,
@@ -33,6 +30,7 @@ from exporter.errors import (
 from exporter.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
 from exporter.negotiation import accepts_gzip, choose_exposition, parse_credentials
 from exporter.openapi import openapi_document
+from exporter.paging import parse_engines_query
 from exporter.queries import EnginePosition, EngineRecord, fetch_engines_page
 from exporter.refresher import Published, Refresher
 from exporter.views import JSON_CONTENT_TYPE, RenderedViews
@@ -49,9 +47,6 @@ PLATFORM_KEY_HEADER = "X-Platform-Key"
 MAX_PLATFORM_KEY_LENGTH = 8192
 #: Answers differ per platform key: no shared cache may keep them, none may mix them up.
 PER_PRODUCT_HEADERS = {"Vary": PLATFORM_KEY_HEADER}
-LIMIT_RANGE = (1, 1000)
-MAX_OFFSET = 2**31 - 1
-_DIGITS = re.compile(r"[0-9]{1,10}")
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -86,22 +81,6 @@ def _authenticate(request: web.Request, published: Published) -> ProductFleet:
     return snapshot.fleets[product.product_id]
 
 
-def _single_param(request: web.Request, name: str) -> str | None:
-    values = request.query.getall(name, [])
-    if len(values) > 1:
-        raise invalid_parameter(name, "given once")
-    return values[0] if values else None
-
-
-def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = _single_param(request, name)
-    if raw is None:
-        return default
-    if not _DIGITS.fullmatch(raw) or not low <= int(raw) <= high:
-        raise invalid_parameter(name, f"an integer from {low} to {high}")
-    return int(raw)
-
-
 def _engine_json(engine: EngineRecord) -> dict[str, object]:
     return {
         "engine_id": engine.engine_id,
@@ -114,66 +93,32 @@ def _engine_json(engine: EngineRecord) -> dict[str, object]:
     }
 
 
-def encode_cursor(position: EnginePosition) -> str:
-    raw = f"{position.created_at.astimezone(UTC).isoformat()}|{position.engine_id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> EnginePosition:
-    """The position a ``next`` link carries; ValueError for anything that is not one."""
-    if len(cursor) > 200:
-        raise ValueError("cursor too long")
-    raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    created_at, engine_id = raw.split("|")
-    moment = datetime.fromisoformat(created_at)
-    if moment.tzinfo is None:
-        raise ValueError("cursor time without zone")
-    return EnginePosition(moment, str(uuid.UUID(engine_id)))
-
-
-def _after_param(request: web.Request) -> EnginePosition | None:
-    cursor = _single_param(request, "after")
-    if cursor is None:
-        return None
-    if "offset" in request.query:
-        raise invalid_parameter("after", "used without 'offset'")
-    try:
-        return decode_cursor(cursor)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise invalid_parameter("after", 'a cursor from a Link: rel="next" header') from error
-
-
 async def list_engines(request: web.Request) -> web.Response:
     refresher = request.app[REFRESHER]
     fleet = _authenticate(request, refresher.published)
-    status = _single_param(request, "status")
-    if status is not None and status not in ENGINE_STATES:
-        raise invalid_parameter("status", "one of " + ", ".join(ENGINE_STATES))
-    limit = _int_param(request, "limit", 100, *LIMIT_RANGE)
-    offset = _int_param(request, "offset", 0, 0, MAX_OFFSET)
-    after = _after_param(request)
+    query = parse_engines_query(request.query)
     # total: the count /status shows, so a page costs the database only the page; counted
     # live in the page's snapshot when the refresher's data is stale.
-    total = None if refresher.is_stale() else fleet.engines_matching(status)
+    total = None if refresher.is_stale() else fleet.engines_matching(query.status)
     try:
         async with request.app[DATABASE].read_transaction() as tx:
             page = await fetch_engines_page(
-                tx, fleet.product.product_id, status, limit, offset, after, total=total
+                tx,
+                fleet.product.product_id,
+                query.status,
+                query.limit,
+                query.offset,
+                query.after,
+                total=total,
             )
     except DatabaseUnavailable as error:
         raise ApiError(
             503, "DATABASE_UNAVAILABLE", "The fleet database is not answering; try again shortly."
         ) from error
     headers = {**PER_PRODUCT_HEADERS, "Cache-Control": "private, max-age=0"}
-    if len(page.engines) == limit:
-        last = page.engines[-1]
-        query = {
-            "limit": str(limit),
-            "after": encode_cursor(EnginePosition(last.created_at, last.engine_id)),
-        }
-        if status is not None:
-            query = {"status": status, **query}
-        headers["Link"] = f'<{request.rel_url.with_query(query)}>; rel="next"'
+    if len(page.engines) == query.limit:
+        last = EnginePosition(page.engines[-1].created_at, page.engines[-1].engine_id)
+        headers["Link"] = f'<{request.rel_url.with_query(query.next_page(last))}>; rel="next"'
     return web.json_response(
         {"engines": [_engine_json(engine) for engine in page.engines], "total": page.total},
         headers=headers,
