@@ -145,25 +145,25 @@ def _columns(rows: Sequence[AuditEntry | EngineRow], row_type: type) -> dict[str
     return {f.name: [getattr(row, f.name) for row in rows] for f in fields(row_type)}
 
 
-def audit_params(rows: Sequence[AuditEntry]) -> dict[str, list[object]]:
-    metadata = [json.dumps(r.metadata, separators=(",", ":")) for r in rows]
-    return {**_columns(rows, AuditEntry), "metadata": list(metadata)}
+def _audit_params(rows: Sequence[AuditEntry]) -> dict[str, list[object]]:
+    metadata: list[object] = [json.dumps(r.metadata, separators=(",", ":")) for r in rows]
+    return {**_columns(rows, AuditEntry), "metadata": metadata}
 
 
-def engine_params(rows: Sequence[EngineRow]) -> dict[str, list[object]]:
+def _engine_params(rows: Sequence[EngineRow]) -> dict[str, list[object]]:
     return _columns(rows, EngineRow)
 
 
 async def insert_engines(tx: WriteTransaction, rows: Sequence[EngineRow]) -> None:
     """Insert ``rows`` in bulk, ``BATCH_ROWS`` at a time."""
     for first in range(0, len(rows), BATCH_ROWS):
-        await tx.execute(INSERT_ENGINES, engine_params(rows[first : first + BATCH_ROWS]))
+        await tx.execute(INSERT_ENGINES, _engine_params(rows[first : first + BATCH_ROWS]))
 
 
 async def insert_audit(tx: WriteTransaction, rows: Sequence[AuditEntry]) -> None:
     """Insert ``rows`` in bulk, ``BATCH_ROWS`` at a time; nothing for no rows."""
     for first in range(0, len(rows), BATCH_ROWS):
-        await tx.execute(INSERT_AUDIT_ROWS, audit_params(rows[first : first + BATCH_ROWS]))
+        await tx.execute(INSERT_AUDIT_ROWS, _audit_params(rows[first : first + BATCH_ROWS]))
 
 
 async def insert_products(
