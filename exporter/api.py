@@ -136,7 +136,8 @@ def _snapshot_body(
         raise ApiError(
             503,
             "FLEET_DATA_STALE",
-            "Fleet data is stale: the database has not been read successfully for too long.",
+            "Fleet data is stale: the database has not been read successfully for too long,"
+            " or the standby it is read from lags too far behind its primary.",
         )
     views = published.views
     assert views is not None, "views are published with every snapshot"

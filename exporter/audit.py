@@ -44,8 +44,10 @@ class DbSnapshot:
 
     started_at: datetime
     """``now()``: no later than the moment the snapshot was taken."""
-    observed_at: datetime
-    """``clock_timestamp()`` read after the snapshot was taken."""
+    observed_at: datetime | None
+    """The gap clock, read after the snapshot was taken and before ``next_xid``: on a primary
+    ``clock_timestamp()``; on a hot standby the commit time of the last transaction replayed
+    (``None`` before replay has replayed any), which does not move while replay is paused."""
     xmin: int
     """The snapshot's ``xmin``: no transaction below it is still running (64-bit ids)."""
     next_xid: int | None
@@ -53,6 +55,9 @@ class DbSnapshot:
     transaction that held an id by then has a smaller one. Not the snapshot's ``xmax``, which
     is one past the latest *completed* transaction and may equal the id of one still running.
     ``None`` when it could not be read (the rare 32-bit wrap of the id counter)."""
+    in_recovery: bool = False
+    replication_lag_s: float = 0.0
+    """How far a standby's replay is behind what it received, in seconds (0 on a primary)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +75,9 @@ class IdGap:
 
     lo: int
     hi: int
-    first_missing_at: datetime
+    first_missing_at: datetime | None
+    """On the gap clock; ``None`` until a snapshot had a gap clock (a standby that has not
+    replayed anything yet): no fence before it is known."""
     fence_xid: int | None = None
     """Set once the grace period has passed: every transaction that could hold one of these
     ids has a transaction id below this value. When the oldest running transaction is at or
@@ -91,7 +98,7 @@ class IdGapTracker:
         self.high_water = high_water
         self.gaps: list[IdGap] = sorted(gaps, key=lambda g: g.lo)
 
-    def add_missing(self, missing: Iterable[tuple[int, int]], at: datetime) -> None:
+    def add_missing(self, missing: Iterable[tuple[int, int]], at: datetime | None) -> None:
         """Ids at or below the high-water mark found missing by a backfill chunk read at
         ``at`` (its ``observed_at``): they become gaps like any other. Their ranges never
         overlap a gap already kept, because no chunk covers ids the tracker already owns."""
@@ -102,7 +109,10 @@ class IdGapTracker:
         """Plain JSON values for a checkpoint; ``from_state`` reads them back."""
         return {
             "high_water": self.high_water,
-            "gaps": [[g.lo, g.hi, g.first_missing_at.isoformat(), g.fence_xid] for g in self.gaps],
+            "gaps": [
+                [g.lo, g.hi, g.first_missing_at and g.first_missing_at.isoformat(), g.fence_xid]
+                for g in self.gaps
+            ],
         }
 
     @classmethod
@@ -114,7 +124,7 @@ class IdGapTracker:
             gap = IdGap(
                 _whole(lo),
                 _whole(hi),
-                _moment(first_missing_at),
+                None if first_missing_at is None else _moment(first_missing_at),
                 None if fence_xid is None else _whole(fence_xid),
             )
             if not 1 <= gap.lo <= gap.hi <= high_water:
@@ -160,7 +170,7 @@ class IdGapTracker:
                 remaining.append(IdGap(lo, gap.hi, gap.first_missing_at, gap.fence_xid))
         self.gaps = remaining
 
-    def _extend(self, new_ids: Sequence[int], observed_at: datetime) -> None:
+    def _extend(self, new_ids: Sequence[int], observed_at: datetime | None) -> None:
         previous = self.high_water
         for new_id in new_ids:
             if new_id > previous + 1:
@@ -170,11 +180,15 @@ class IdGapTracker:
 
     def _retire_permanent_gaps(self, snapshot: DbSnapshot) -> None:
         kept: list[IdGap] = []
+        clock = snapshot.observed_at
         for gap in self.gaps:
-            if (
+            if gap.first_missing_at is None:
+                gap.first_missing_at = clock
+            elif (
                 gap.fence_xid is None
                 and snapshot.next_xid is not None
-                and snapshot.started_at >= gap.first_missing_at + ID_ALLOCATION_GRACE
+                and clock is not None
+                and clock >= gap.first_missing_at + ID_ALLOCATION_GRACE
             ):
                 gap.fence_xid = snapshot.next_xid
             if gap.fence_xid is not None and snapshot.xmin >= gap.fence_xid:

@@ -43,6 +43,9 @@ class RefreshStats:
     database_up: bool
     audit_progress: float
     """Share of the audit history counted, 0..1."""
+    replication_lag_s: float
+    """How far behind its primary the standby of the last successful refresh was (0 on a
+    primary)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +172,10 @@ def _refresh_errors(data: ExpositionInput) -> Iterable[Sample]:
 
 def _backfill_progress(data: ExpositionInput) -> Iterable[Sample]:
     yield (), data.stats.audit_progress
+
+
+def _replication_lag(data: ExpositionInput) -> Iterable[Sample]:
+    yield (), data.stats.replication_lag_s
 
 
 def _database_up(data: ExpositionInput) -> Iterable[Sample]:
@@ -304,6 +311,15 @@ FAMILIES: tuple[Family, ...] = (
         (),
         fleet_data=False,
         samples=_backfill_progress,
+    ),
+    Family(
+        "engine_fleet_database_replication_lag_seconds",
+        "gauge",
+        "Seconds the hot standby the exporter reads was behind its primary at the last"
+        " successful refresh (0 on a primary); above refresh.max_staleness_s the data is stale.",
+        (),
+        fleet_data=False,
+        samples=_replication_lag,
     ),
     Family(
         "engine_fleet_database_up",

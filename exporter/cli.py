@@ -64,6 +64,17 @@ def serve(settings: Settings) -> int:
     return 0
 
 
+def _replication_line(in_recovery: bool, lag_s: float, settings: Settings) -> tuple[bool, str]:
+    if not in_recovery:
+        return True, "database: primary (not in recovery)"
+    limit = settings.refresh.max_staleness_s
+    return (
+        lag_s <= limit,
+        f"database: hot standby, replication lag {lag_s:.1f} s (data counts as stale beyond"
+        f" refresh.max_staleness_s, {limit:g} s)",
+    )
+
+
 async def run_checks(settings: Settings) -> list[tuple[bool, str]]:
     """Every check ``fleet-exporter check`` reports, as (passed, line)."""
     results: list[tuple[bool, str]] = [(True, "config: valid")]
@@ -83,6 +94,7 @@ async def run_checks(settings: Settings) -> list[tuple[bool, str]]:
                     f"database: PostgreSQL server version {version // 10000} (13 or newer needed)",
                 )
             )
+            results.append(_replication_line(*await queries.fetch_replication(tx), settings))
             columns = await queries.fetch_schema_columns(tx, list(queries.REQUIRED_COLUMNS))
             for table, needed in queries.REQUIRED_COLUMNS.items():
                 missing = [c for c in needed if (table, c) not in columns]

@@ -70,8 +70,17 @@ class EmbeddedPostgres:
     user = "postgres"
     host = "127.0.0.1"
 
-    def __init__(self, *, port: int | None = None, durable: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        durable: bool = False,
+        standby_of: EmbeddedPostgres | None = None,
+    ) -> None:
+        """``standby_of``: a streaming hot standby of that running cluster, made from a base
+        backup of it (``pg_basebackup -R``) instead of ``initdb``."""
         self.port = port or free_port()
+        self._primary = standby_of
         self._fixed_port = port is not None
         self._durable = durable
         self._bindir = find_postgres_bindir()
@@ -111,6 +120,24 @@ class EmbeddedPostgres:
             account = pwd.getpwnam("postgres")
             os.chown(self._root, account.pw_uid, account.pw_gid)
         _LIVE.add(self)
+        if self._primary is not None:
+            self._run(
+                "pg_basebackup",
+                "-h",
+                self._primary.host,
+                "-p",
+                str(self._primary.port),
+                "-U",
+                self._primary.user,
+                "-D",
+                str(self.data_dir),
+                "-R",
+                "-X",
+                "stream",
+                "--checkpoint=fast",
+                "--no-sync",
+            )
+            return
         self._run(
             "initdb",
             "-D",
@@ -131,6 +158,7 @@ class EmbeddedPostgres:
             f"-p {self.port}",
             f"-c unix_socket_directories={self._root}",
             "-c max_connections=200",
+            "-c hot_standby=on",
         ]
         if self._has_pg_stat_statements():
             options.append("-c shared_preload_libraries=pg_stat_statements")

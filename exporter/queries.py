@@ -18,21 +18,49 @@ from exporter.db import Statement, Transaction
 from exporter.domain import ENGINE_LISTING_FIELDS, EngineGroup, Product, quota_from_policy
 from exporter.sqlfiles import recommended_indexes
 
+_REPLICATION = """
+    pg_is_in_recovery(),
+    CASE WHEN NOT pg_is_in_recovery()
+           OR pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
+         ELSE coalesce(greatest(0, extract(epoch FROM
+                  clock_timestamp() - pg_last_xact_replay_timestamp())), 0) END
+"""
+"""Whether the server is a standby, and its replication lag in seconds: the age of the last
+transaction replayed while WAL received is still waiting for replay (an idle primary is no
+lag); 0 on a primary."""
+
 SNAPSHOT = Statement(
     "snapshot",
-    """
-    SELECT now(), clock_timestamp(), s.xmin,
-           CASE WHEN mod(s.xmax, 4294967296) >= 3
-                THEN s.xmax + age(mod(s.xmax, 4294967296)::text::xid) END
-    FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin,
-                 pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax) AS s
+    f"""
+    SELECT now(),
+           CASE WHEN pg_is_in_recovery() THEN pg_last_xact_replay_timestamp()
+                ELSE clock_timestamp() END,
+           pg_snapshot_xmin(pg_current_snapshot())::text::bigint,
+           {_REPLICATION}
     """,
 )
-"""The refresh snapshot's ``xmin`` and the next transaction id to be assigned. ``age(xid)``
-measures from the next id (read once per transaction, after the snapshot) in a transaction
-that has no id of its own, as this read-only one never has; it works on a standby too. Ids
-0-2 are special and have no age, so on the rare refresh whose ``xmax`` wraps onto one of
-them the next id is left unknown."""
+"""The first statement of a refresh, which takes its snapshot: the snapshot's ``xmin``, the
+*gap clock* read after it (``clock_timestamp()`` on a primary; on a hot standby the commit
+time of the last transaction replayed, which stops when replay stops, so a paused replay can
+never age a gap), and the replication lag (0 on a primary, and on a standby that has
+replayed all it received)."""
+
+REPLICATION = Statement("replication", f"SELECT {_REPLICATION}")
+
+NEXT_XID = Statement(
+    "next_xid",
+    """
+    SELECT CASE WHEN mod(s.xmax, 4294967296) >= 3
+                THEN s.xmax + age(mod(s.xmax, 4294967296)::text::xid) END
+    FROM (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax) AS s
+    """,
+)
+"""The next transaction id to be assigned, read after the gap clock (a statement of its
+own, so the order is certain). ``age(xid)`` measures from the next id (read once per
+transaction, at its first call) in a transaction that has no id of its own, as this
+read-only one never has; on a standby it is the next id replay has reached. Ids 0-2 are
+special and have no age, so on the rare refresh whose ``xmax`` wraps onto one of them the
+next id is left unknown."""
 
 PRODUCTS = Statement(
     "products",
@@ -241,9 +269,16 @@ def recommended_index_names() -> list[str]:
 
 
 async def fetch_snapshot(tx: Transaction) -> DbSnapshot:
-    started_at, observed_at, xmin, next_xid = await tx.fetch_one(SNAPSHOT)
+    """Must be the transaction's first statement: it takes the snapshot."""
+    started_at, observed_at, xmin, in_recovery, lag_s = await tx.fetch_one(SNAPSHOT)
+    (next_xid,) = await tx.fetch_one(NEXT_XID)
     return DbSnapshot(
-        started_at, observed_at, int(xmin), None if next_xid is None else int(next_xid)
+        started_at,
+        observed_at,
+        int(xmin),
+        None if next_xid is None else int(next_xid),
+        in_recovery=bool(in_recovery),
+        replication_lag_s=float(lag_s),
     )
 
 
@@ -469,6 +504,12 @@ async def fetch_engines_page(
     if total is None:
         (total,) = await tx.fetch_one(count, params)
     return EnginePage([EngineRecord(*row) for row in rows], int(total))
+
+
+async def fetch_replication(tx: Transaction) -> tuple[bool, float]:
+    """(in recovery, replication lag in seconds)."""
+    in_recovery, lag_s = await tx.fetch_one(REPLICATION)
+    return bool(in_recovery), float(lag_s)
 
 
 async def fetch_server_version(tx: Transaction) -> int:

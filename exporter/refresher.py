@@ -57,6 +57,8 @@ class Published:
     exposition: RenderedExposition
     views: RenderedViews | None
     """The JSON snapshot bodies; ``None`` exactly when ``snapshot`` is."""
+    replication_lag_s: float = 0.0
+    """How far behind its primary the data of ``last_success_unix`` already was."""
 
 
 class Refresher:
@@ -86,6 +88,7 @@ class Refresher:
         self._lock = asyncio.Lock()
         self._last_duration_s = 0.0
         self._database_up = False
+        self._replication_lag_s = 0.0
         self._exposition = ExpositionRenderer()
         self._views = ViewsRenderer(settings.health.critical_failed_ratio, self._categories)
         self._published = self._publish(None, None, None)
@@ -99,12 +102,14 @@ class Refresher:
         return self._audit
 
     def is_stale(self, now_unix: float | None = None) -> bool:
-        """True before the first success and once the last success is too old to serve."""
-        last = self._published.last_success_unix
-        if last is None:
+        """True before the first success and once the data is too old to serve: its age is
+        the time since the last success plus how far the standby read then was behind."""
+        published = self._published
+        if published.last_success_unix is None:
             return True
         now = self._clock() if now_unix is None else now_unix
-        return now - last > self._settings.refresh.max_staleness_s
+        age = now - published.last_success_unix + published.replication_lag_s
+        return age > self._settings.refresh.max_staleness_s
 
     async def run(self) -> None:
         """Refresh forever; between refreshes, count the history in chunks. A slow refresh
@@ -274,6 +279,7 @@ class Refresher:
         views = self._views.render(fleet_snapshot)
         self._last_duration_s = time.monotonic() - started
         self._database_up = True
+        self._replication_lag_s = snapshot.replication_lag_s
         return self._publish(fleet_snapshot, self._clock(), views)
 
     def _build_snapshot(
@@ -332,6 +338,7 @@ class Refresher:
             errors_by_stage=MappingProxyType(dict(self._errors)),
             database_up=self._database_up,
             audit_progress=self._audit.progress,
+            replication_lag_s=self._replication_lag_s,
         )
         exposition = self._exposition.render(
             ExpositionInput(
@@ -348,4 +355,5 @@ class Refresher:
             next_refresh_unix=self._clock() + self._settings.refresh.interval_s,
             exposition=exposition,
             views=views,
+            replication_lag_s=self._replication_lag_s,
         )

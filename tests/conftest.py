@@ -23,6 +23,7 @@ from exporter.logs import OneLineFormatter
 from exporter.pgcluster import EmbeddedPostgres, PostgresNotFound, apply_schema
 from tests.support import canary
 from tests.support.db import FleetDatabase
+from tests.support.replica import ReplicatedPostgres
 
 
 def _unavailable(reason: str) -> None:
@@ -168,3 +169,20 @@ def private_pg() -> Iterator[PrivatePostgres]:
         dsn = server.create_database("orchestrator")
         apply_schema(dsn)
         yield PrivatePostgres(server, dsn)
+
+
+@pytest.fixture
+def replicated_pg() -> Iterator[ReplicatedPostgres]:
+    """A durable primary with the orchestrator schema and a streaming hot standby of it,
+    made with ``pg_basebackup -R`` (as the ``postgres`` user when root), caught up."""
+    try:
+        primary = EmbeddedPostgres(durable=True)
+    except PostgresNotFound as error:
+        _unavailable(str(error))
+    with primary:
+        dsn = primary.create_database("orchestrator")
+        apply_schema(dsn)
+        with EmbeddedPostgres(durable=True, standby_of=primary) as standby:
+            pair = ReplicatedPostgres(primary, standby, dsn, standby.dsn("orchestrator"))
+            pair.wait_replayed()
+            yield pair

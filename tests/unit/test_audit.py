@@ -94,6 +94,33 @@ def test_ids_a_backfill_chunk_found_missing_become_gaps_in_id_order() -> None:
     ]
 
 
+def test_on_a_standby_a_gap_ages_only_on_the_replay_clock() -> None:
+    """The gap clock of a standby is the commit time of the last replayed transaction: while
+    replay is paused it stands still, and no wall time passing can fence a gap."""
+    tracker = IdGapTracker(high_water=10)
+    replayed_at = T0
+    tracker.advance([12], DbSnapshot(T0, replayed_at, 100, 105, in_recovery=True))
+    for minutes in (1, 5, 30):
+        paused = DbSnapshot(T0 + timedelta(minutes=minutes), replayed_at, 105, 105)
+        tracker.advance([], paused)
+        assert tracker.gaps[0].fence_xid is None
+    caught_up = DbSnapshot(T0 + timedelta(minutes=31), T0 + ID_ALLOCATION_GRACE, 105, 109)
+    tracker.advance([], caught_up)
+    assert tracker.gaps[0].fence_xid == 109
+
+
+def test_a_gap_seen_before_any_replay_is_clocked_from_the_first_replayed_commit() -> None:
+    tracker = IdGapTracker(high_water=10)
+    tracker.advance([12], DbSnapshot(T0, None, 100, 105, in_recovery=True))
+    assert tracker.gaps[0].first_missing_at is None
+    tracker.advance([], DbSnapshot(T0, T0 + timedelta(seconds=5), 100, 106, in_recovery=True))
+    assert tracker.gaps[0].first_missing_at == T0 + timedelta(seconds=5)
+    assert tracker.gaps[0].fence_xid is None
+    late = T0 + timedelta(seconds=5) + ID_ALLOCATION_GRACE
+    tracker.advance([], DbSnapshot(late, late, 100, 108, in_recovery=True))
+    assert tracker.gaps[0].fence_xid == 108
+
+
 def test_gap_ranges_keep_their_fence_when_split() -> None:
     tracker = IdGapTracker(10, [IdGap(1, 9, T0, fence_xid=77)])
     tracker.advance([5], _snapshot(T0, 10, 20))

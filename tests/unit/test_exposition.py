@@ -221,7 +221,12 @@ def _input(refresh: _Refresh) -> ExpositionInput:
     return ExpositionInput(
         snapshot=snapshot,
         stats=RefreshStats(
-            refresh.last_duration_s, 1.7e9, MappingProxyType({"audit": 2}), True, audit_progress=1.0
+            refresh.last_duration_s,
+            1.7e9,
+            MappingProxyType({"audit": 2}),
+            True,
+            audit_progress=1.0,
+            replication_lag_s=0.0,
         ),
         critical_failed_ratio=refresh.critical_failed_ratio,
         refresh_interval_s=refresh.refresh_interval_s,

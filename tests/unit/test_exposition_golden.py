@@ -73,6 +73,7 @@ def _input() -> ExpositionInput:
         errors_by_stage=MappingProxyType({"connect": 1, "products": 0, "engines": 0, "audit": 2}),
         database_up=True,
         audit_progress=1.0,
+        replication_lag_s=2.5,
     )
     return ExpositionInput(snapshot, stats, 0.10, 15.0, "9.9.9")
 
