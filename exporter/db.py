@@ -93,6 +93,11 @@ def is_cancelled_statement(error: object) -> bool:
     return isinstance(error, psycopg2.extensions.QueryCanceledError)
 
 
+FETCH_BATCH_ROWS = 1000
+"""Rows converted to Python values at a time; the event loop serves requests between batches,
+so a large result (thousands of products) never holds it for long."""
+
+
 class Transaction:
     """Statements run inside one read-only REPEATABLE READ transaction: one snapshot."""
 
@@ -103,9 +108,20 @@ class Transaction:
     async def fetch_all(
         self, statement: Statement, params: Mapping[str, object] | None = None
     ) -> Sequence[tuple[Any, ...]]:
+        return [row async for batch in self.fetch_batches(statement, params) for row in batch]
+
+    async def fetch_batches(
+        self, statement: Statement, params: Mapping[str, object] | None = None
+    ) -> AsyncIterator[Sequence[tuple[Any, ...]]]:
+        """The rows in batches of ``FETCH_BATCH_ROWS``, the event loop free between them: a
+        caller that turns each batch into values before asking for the next one keeps a
+        large result from holding the loop for long."""
         await _execute(self._cursor, statement.sql, params or {}, self._timeout_s)
-        rows: Sequence[tuple[Any, ...]] = await self._cursor.fetchall()
-        return rows
+        while batch := await self._cursor.fetchmany(FETCH_BATCH_ROWS):
+            yield batch
+            if len(batch) < FETCH_BATCH_ROWS:
+                break
+            await asyncio.sleep(0)
 
     async def allow_statement_time(self, seconds: float) -> None:
         """Set this transaction's statement timeout (and the client backstop to match): the

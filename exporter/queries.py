@@ -285,7 +285,8 @@ async def fetch_snapshot(tx: Transaction) -> DbSnapshot:
 async def fetch_products(tx: Transaction) -> list[Product]:
     return [
         Product(product_id, slug, name, key_hash, quota_from_policy(max_engines))
-        for product_id, slug, name, key_hash, max_engines in await tx.fetch_all(PRODUCTS)
+        async for batch in tx.fetch_batches(PRODUCTS)
+        for product_id, slug, name, key_hash, max_engines in batch
     ]
 
 
@@ -298,16 +299,15 @@ class EngineCount:
 
 
 async def fetch_engine_counts(tx: Transaction) -> list[EngineCount]:
-    return [EngineCount(*row) for row in await tx.fetch_all(ENGINE_COUNTS)]
+    return [EngineCount(*row) async for batch in tx.fetch_batches(ENGINE_COUNTS) for row in batch]
 
 
 async def fetch_engine_census(tx: Transaction, probed_before: datetime) -> list[EngineGroup]:
     params = {"probed_before": probed_before}
     return [
         EngineGroup(pid, status, version, int(count), oldest, int(overdue), oldest_probe)
-        for pid, status, version, count, oldest, overdue, oldest_probe in await tx.fetch_all(
-            ENGINE_CENSUS, params
-        )
+        async for batch in tx.fetch_batches(ENGINE_CENSUS, params)
+        for pid, status, version, count, oldest, overdue, oldest_probe in batch
     ]
 
 
