@@ -191,6 +191,7 @@ class Refresher:
                 pending_audit_ids=self._audit.tracker.pending_ids if self._audit.tracker else 0,
                 rendered_products=self._exposition.last_rendered,
                 duration_s=round(self._last_duration_s, 3),
+                published_after_s=round(time.monotonic() - started, 3),
             )
             return True
 
@@ -321,7 +322,9 @@ class Refresher:
         return FleetSnapshot(
             taken_at=now,
             fleets=MappingProxyType(fleets),
-            products_by_key_hash=MappingProxyType({p.api_key_hash: p for p in products}),
+            products_by_key_hash=MappingProxyType(
+                {f.product.api_key_hash: f.product for f in fleets.values()}
+            ),
             census_taken_at=census.taken_at if census else None,
             audit_counted=self._audit.counted,
         )
