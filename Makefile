@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest bench soak sysdeps-postgres sysdeps-ops sysdeps-all clean
+.PHONY: demo test lint typecheck pytest bench bench-products soak sysdeps-postgres sysdeps-ops sysdeps-all clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,9 @@ test: lint typecheck pytest
 
 bench: sysdeps-postgres $(STAMP)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+bench-products: sysdeps-postgres $(STAMP)
+	$(BIN)/python -m bench.products $(BENCH_PRODUCTS_ARGS)
 
 soak: sysdeps-postgres $(STAMP)
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)

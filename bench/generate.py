@@ -35,6 +35,7 @@ AUDIT_ACTIONS: tuple[tuple[str, float], ...] = (
 
 
 def bench_key(product: int) -> str:
+    """At least three digits, never truncated: product 1000 is not product 100."""
     return f"pk-sept-bench-product-{product:03d}-" + "k" * 24
 
 
@@ -64,9 +65,10 @@ def _action_case() -> str:
 PRODUCTS_SQL = """
 INSERT INTO products (id, slug, display_name, api_key_hash, policy, created_at)
 SELECT md5('bench-product-' || n)::uuid,
-       'product-' || lpad(n::text, 3, '0'),
+       'product-' || lpad(n::text, greatest(3, length(n::text)), '0'),
        'Bench product ' || n,
-       encode(sha256(convert_to('pk-sept-bench-product-' || lpad(n::text, 3, '0') || '-'
+       encode(sha256(convert_to('pk-sept-bench-product-'
+                                || lpad(n::text, greatest(3, length(n::text)), '0') || '-'
                                 || repeat('k', 24), 'UTF8')), 'hex'),
        '{"max_engines": 100000, "rate_limit_rpm": 6000}',
        now() - interval '400 days'

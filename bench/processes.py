@@ -44,8 +44,9 @@ class ManagedProcess(loopback.ManagedProcess):
         command: Sequence[str],
         log_path: Path,
         env: dict[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> None:
-        super().__init__(name, command, log_path, env={**os.environ, **(env or {})})
+        super().__init__(name, command, log_path, cwd=cwd, env={**os.environ, **(env or {})})
 
     def rss_mb(self) -> float:
         return proc_status_kb(self.pid, "VmRSS") / 1024
@@ -81,8 +82,14 @@ def start_exporter(
     max_staleness_s: float = 120.0,
     statement_timeout_s: float = 5.0,
     pool_max: int = 4,
+    refresh: dict[str, float] | None = None,
+    log: dict[str, str] | None = None,
+    package_root: Path | None = None,
 ) -> tuple[ManagedProcess, str]:
-    """``fleet-exporter serve`` on a free port, with a config written for it; (process, base)."""
+    """``fleet-exporter serve`` on a free port, with a config written for it; (process, base).
+
+    ``refresh`` and ``log`` add settings to those sections; ``package_root`` runs the copy of
+    the ``exporter`` package found there instead of this tree's."""
     port = free_port()
     config = {
         "database": {
@@ -92,8 +99,12 @@ def start_exporter(
             "connect_timeout_s": 2,
         },
         "listen": {"host": "127.0.0.1", "port": port},
-        "refresh": {"interval_s": interval_s, "max_staleness_s": max_staleness_s},
-        "log": {"level": "info", "format": "text"},
+        "refresh": {
+            "interval_s": interval_s,
+            "max_staleness_s": max_staleness_s,
+            **(refresh or {}),
+        },
+        "log": {"level": "info", "format": "text", **(log or {})},
     }
     config_path = workdir / f"exporter-{port}.yaml"
     config_path.write_text(yaml.safe_dump(config))
@@ -101,6 +112,8 @@ def start_exporter(
         "fleet-exporter",
         [sys.executable, "-m", "exporter", "serve", "--config", str(config_path)],
         workdir / f"exporter-{port}.log",
+        env={"PYTHONPATH": str(package_root)} if package_root else None,
+        cwd=package_root,
     )
     return process, f"http://127.0.0.1:{port}"
 

@@ -1,0 +1,337 @@
+"""``make bench-products``: refresh cost at thousands of products, against an older revision.
+
+One database of 5,000 products, 100k engines and 500k audit rows (``bench.generate``; its
+few ``provisioning`` engines are set to ``running`` so that a product's figures change only
+when the writer touches it). A writer thread adds one audit row for a random share of the
+products every refresh interval: 1 % of them, then all of them. For each share,
+``fleet-exporter serve`` runs as a subprocess, alternately from this tree and from
+``--reference`` (a git revision, unpacked under ``bench/out``), in ``PAIRS`` interleaved
+pairs, and each run measures:
+
+* steady refresh: the median wall time the refresher logs (``refresh_ok duration_s``) and
+  the process CPU time per refresh over a window of refreshes with no requests;
+* ``GET /status`` under 16 connections for a span of several refreshes (the load overlaps
+  refreshes on purpose; its p99 is what a refresh costs the event loop);
+* ``GET /prometheus`` with ``Accept-Encoding: gzip`` (what Prometheus sends), 4 connections;
+* peak resident memory (``VmHWM``).
+
+Ratios are the median of the pair ratios with their min-max (``bench.pairs``). The table is
+printed and, unless ``--no-append``, added to ``bench/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shlex
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg2
+
+from bench.generate import Scale, bench_key, generate
+from bench.load import LoadResult, ensure_wrk, run_load, tool_name
+from bench.pairs import PAIRS, paired_ratio, run_interleaved
+from bench.processes import REPO_ROOT, ManagedProcess, start_exporter, wait_for
+from bench.report import Row, append_results, machine, render_table
+from exporter.pgcluster import EmbeddedPostgres, apply_schema
+
+OUT_DIR = Path(__file__).resolve().parent / "out"
+SCALE = Scale(engines=100_000, audit_rows=500_000, products=5_000)
+INTERVAL_S = 2.0
+QUIET_REFRESHES = 5
+STATUS_LOAD_S = 10.0
+PROMETHEUS_LOAD_S = 5.0
+SHARES = {"1 % changing": 0.01, "all changing": 1.0}
+RSS_TARGET_MB = 300.0
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class RunFigures:
+    refresh_wall_ms: float | None
+    """Through rendering and publishing; None from a revision that does not log it."""
+    refresh_cpu_ms: float
+    status: LoadResult
+    prometheus: LoadResult
+    peak_rss_mb: float
+
+
+class AuditWriter:
+    """Adds one ``start`` row for a random ``share`` of the products every interval."""
+
+    def __init__(self, dsn: str, products: int, share: float) -> None:
+        self._dsn = dsn
+        self._count = max(1, round(products * share))
+        self._products = products
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self._random = random.Random(12)
+
+    def __enter__(self) -> AuditWriter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        connection = psycopg2.connect(self._dsn)
+        connection.autocommit = True
+        try:
+            with connection.cursor() as cursor:
+                while not self._stop.is_set():
+                    chosen = self._random.sample(range(1, self._products + 1), self._count)
+                    cursor.execute(
+                        "INSERT INTO audit_log (product_id, user_id, action)"
+                        " SELECT md5('bench-product-' || n)::uuid, 'bench-writer', 'start'"
+                        " FROM unnest(%s::int[]) AS n",
+                        (chosen,),
+                    )
+                    self._stop.wait(INTERVAL_S)
+        finally:
+            connection.close()
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def _refreshes(process: ManagedProcess) -> list[dict[str, object]]:
+    lines = process.log_path.read_text(errors="replace").splitlines()
+    return [json.loads(line) for line in lines if '"refresh_ok"' in line]
+
+
+def _wait_refreshes(process: ManagedProcess, count: int) -> list[dict[str, object]]:
+    found: list[dict[str, object]] = []
+
+    def enough() -> bool:
+        if not process.alive():
+            raise RuntimeError(f"exporter exited:\n{process.log_tail()}")
+        found[:] = _refreshes(process)
+        return len(found) >= count
+
+    wait_for(enough, timeout_s=600, what=f"{count} refreshes")
+    return found
+
+
+def _run_once(workdir: Path, dsn: str, package_root: Path | None, wrk: str | None) -> RunFigures:
+    exporter, base = start_exporter(
+        workdir,
+        dsn,
+        interval_s=INTERVAL_S,
+        max_staleness_s=600,
+        statement_timeout_s=120,
+        refresh={"engine_census_interval_s": 3600},
+        log={"level": "debug", "format": "json"},
+        package_root=package_root,
+    )
+    with exporter:
+        exporter.wait_http(f"{base}/readyz", timeout_s=1800)
+        settled = len(_wait_refreshes(exporter, 3))
+        cpu_before = _cpu_s(exporter.pid)
+        window = _wait_refreshes(exporter, settled + QUIET_REFRESHES)[settled:]
+        cpu_per_refresh_ms = (_cpu_s(exporter.pid) - cpu_before) / len(window) * 1000
+        walls = [
+            float(str(line["published_after_s"])) for line in window if "published_after_s" in line
+        ]
+        status = run_load(
+            wrk,
+            f"{base}/status",
+            seconds=STATUS_LOAD_S,
+            connections=16,
+            headers={"X-Platform-Key": bench_key(1)},
+        )
+        prometheus = run_load(
+            wrk,
+            f"{base}/prometheus",
+            seconds=PROMETHEUS_LOAD_S,
+            connections=4,
+            headers={"Accept-Encoding": "gzip"},
+        )
+        if status.non_2xx or prometheus.non_2xx:
+            raise RuntimeError("non-2xx answers under load")
+        return RunFigures(
+            refresh_wall_ms=statistics.median(walls) * 1000 if len(walls) == len(window) else None,
+            refresh_cpu_ms=cpu_per_refresh_ms,
+            status=status,
+            prometheus=prometheus,
+            peak_rss_mb=exporter.peak_rss_mb(),
+        )
+
+
+def _unpack(reference: str, workdir: Path) -> Path:
+    target = workdir / f"reference-{reference.replace('/', '_')}"
+    target.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "archive", reference, "exporter"],
+        capture_output=True,
+        check=True,
+    )
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+    return target
+
+
+def _settle_and_count(dsn: str) -> None:
+    connection = psycopg2.connect(dsn)
+    connection.autocommit = True
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("UPDATE engines SET status = 'running' WHERE status = 'provisioning'")
+            cursor.execute("VACUUM ANALYZE engines")
+    finally:
+        connection.close()
+
+
+@dataclass(frozen=True)
+class Measure:
+    name: str
+    figure: Callable[[RunFigures], float | None]
+    unit: str
+    limits: dict[str, float]
+    """An absolute upper limit per share, where the issue sets one."""
+    no_worse_than_reference: tuple[str, ...] = ()
+    """Shares where the paired ratio must not exceed 1."""
+
+    def known(self, run: RunFigures) -> float:
+        return self.figure(run) or 0.0
+
+
+MEASURES = (
+    Measure(
+        "steady refresh, wall through publishing (median)",
+        lambda r: r.refresh_wall_ms,
+        "ms",
+        {"1 % changing": 300.0},
+    ),
+    Measure(
+        "steady refresh, process CPU per refresh",
+        lambda r: r.refresh_cpu_ms,
+        "ms",
+        {},
+        ("all changing",),
+    ),
+    Measure(
+        "GET /status p99 while refreshes run (16 conn)",
+        lambda r: r.status.p99_ms,
+        "ms",
+        {"1 % changing": 5.0},
+    ),
+    Measure("GET /prometheus, gzip (4 conn)", lambda r: r.prometheus.rps, "req/s", {}),
+    Measure(
+        "peak RSS",
+        lambda r: r.peak_rss_mb,
+        "MB",
+        {"1 % changing": RSS_TARGET_MB, "all changing": RSS_TARGET_MB},
+    ),
+)
+
+
+def _median(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if len(known) == len(values) else None
+
+
+def _figure_rows(
+    share: str, reference: str, ours: list[RunFigures], theirs: list[RunFigures]
+) -> list[Row]:
+    label = f"{SCALE.products:,} prod / 100k eng, {share}"
+    rows = []
+    for measure in MEASURES:
+        mine = _median([measure.figure(run) for run in ours])
+        other = _median([measure.figure(run) for run in theirs])
+        assert mine is not None
+        ratio = None
+        if other is not None:
+            ratio = paired_ratio(ours, theirs, measure.known)
+        limit = measure.limits.get(share)
+        checks = []
+        target = ""
+        if limit is not None:
+            target, checks = f"<= {limit:g} {measure.unit}", [mine <= limit]
+        if share in measure.no_worse_than_reference and ratio is not None:
+            target, checks = "<= 1.0x", [ratio.median <= 1.0]
+        rows.append(
+            Row(
+                label,
+                measure.name,
+                f"{mine:,.1f} {measure.unit}",
+                f"{reference}: {other:,.1f} {measure.unit}"
+                if other is not None
+                else f"{reference}: not logged",
+                ratio.text() if ratio is not None else "",
+                target,
+                all(checks) if checks else None,
+            )
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.products", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--reference", required=True, help="git revision to compare with")
+    parser.add_argument("--ours", help="git revision to measure (default: this tree)")
+    parser.add_argument("--pairs", type=int, default=PAIRS)
+    parser.add_argument(
+        "--share", choices=sorted(SHARES), action="append", help="only this share (repeatable)"
+    )
+    parser.add_argument("--no-append", action="store_true", help="do not write bench/RESULTS.md")
+    args = parser.parse_args(argv)
+    workdir = OUT_DIR / datetime.now(UTC).strftime("products-%Y%m%dT%H%M%S")
+    workdir.mkdir(parents=True, exist_ok=True)
+    reference_root = _unpack(args.reference, workdir)
+    ours_root = _unpack(args.ours, workdir) if args.ours else None
+    wrk = ensure_wrk()
+    started = time.monotonic()
+    rows: list[Row] = []
+    with EmbeddedPostgres(durable=False) as cluster:
+        dsn = cluster.create_database("products")
+        apply_schema(dsn, indexes=False)
+        generate(dsn, SCALE)
+        _settle_and_count(dsn)
+        generated_s = time.monotonic() - started
+        for share_name, share in SHARES.items():
+            if args.share and share_name not in args.share:
+                continue
+            print(f"[{time.monotonic() - started:5.0f} s] {share_name}", file=sys.stderr)
+            with AuditWriter(dsn, SCALE.products, share):
+                ours, theirs = run_interleaved(
+                    lambda: _run_once(workdir, dsn, ours_root, wrk),
+                    lambda: _run_once(workdir, dsn, reference_root, wrk),
+                    args.pairs,
+                )
+            rows += _figure_rows(share_name, args.reference, ours, theirs)
+    table = render_table(rows)
+    print(table)
+    command = shlex.join(["python", "-m", "bench.products", *(argv or sys.argv[1:])])
+    details = [
+        ("command", f"`{command}`, {time.monotonic() - started:.0f} s in all"),
+        ("machine", machine()),
+        ("data", f"{SCALE.label}, generated in {generated_s:.0f} s"),
+        (
+            "method",
+            f"refresh every {INTERVAL_S:g} s; {tool_name(wrk)}; {args.pairs} interleaved pairs"
+            " per share, figures are the medians of each side, ratios ours/reference with the"
+            " min-max of the pair ratios",
+        ),
+    ]
+    if not args.no_append:
+        append_results("products at scale", details, table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
