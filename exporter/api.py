@@ -33,6 +33,7 @@ from exporter.openapi import openapi_document
 from exporter.paging import parse_engines_query
 from exporter.queries import EnginePosition, EngineRecord, fetch_engines_page
 from exporter.refresher import Published, Refresher
+from exporter.selfmetrics import LiveMetrics
 from exporter.views import JSON_CONTENT_TYPE, RenderedViews
 from exporter.webconfig import BasicAuthCheck, WebConfigSource
 
@@ -41,6 +42,7 @@ DATABASE = web.AppKey("database", Database)
 REFRESHER = web.AppKey("refresher", Refresher)
 WEB_CONFIG = web.AppKey("web_config", WebConfigSource)
 BASIC_AUTH = web.AppKey("basic_auth", BasicAuthCheck)
+LIVE_METRICS = web.AppKey("live_metrics", LiveMetrics)
 
 PLATFORM_KEY_HEADER = "X-Platform-Key"
 #: The longest header value the edge lets through; a longer key never reaches a handler.
@@ -220,14 +222,15 @@ async def prometheus(request: web.Request) -> web.Response:
     body = refresher.published.exposition.body(
         openmetrics=openmetrics, include_fleet=not refresher.is_stale()
     )
+    plain, gzipped = body.with_tail(request.app[LIVE_METRICS].render(openmetrics=openmetrics))
     headers = {
         "Content-Type": OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE,
         "Vary": "Accept, Accept-Encoding",
     }
     if accepts_gzip(request.headers.get("Accept-Encoding", "")):
         headers["Content-Encoding"] = "gzip"
-        return web.Response(body=body.gzipped, headers=headers)
-    return web.Response(body=body.plain, headers=headers)
+        return web.Response(body=gzipped, headers=headers)
+    return web.Response(body=plain, headers=headers)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -276,19 +279,23 @@ async def openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document(request.app[SETTINGS].prometheus.path))
 
 
-ROUTES: tuple[tuple[str, Handler], ...] = (
-    ("/engines", list_engines),
-    ("/status", fleet_status),
-    ("/metrics", fleet_metrics),
-    ("/healthz", healthz),
-    ("/readyz", readyz),
-    ("/", landing),
-    ("/openapi.json", openapi),
+ROUTES: tuple[tuple[str, str, Handler], ...] = (
+    ("/engines", "engines", list_engines),
+    ("/status", "status", fleet_status),
+    ("/metrics", "metrics", fleet_metrics),
+    ("/healthz", "healthz", healthz),
+    ("/readyz", "readyz", readyz),
+    ("/", "landing", landing),
+    ("/openapi.json", "openapi", openapi),
 )
 
 
 def add_routes(app: web.Application, prometheus_path: str) -> None:
-    for path, handler in (*ROUTES, (prometheus_path, prometheus)):
-        app.router.add_get(path, endpoint(handler))
-        app.router.add_route("*", path, method_not_allowed)
-    app.router.add_route("*", "/{path:.*}", not_found)
+    """The routes, each answer counted under its route name (``other`` for a wrong method
+    or an unknown path) in the app's HTTP self-metrics."""
+    stats = app[LIVE_METRICS].http
+    other = stats.observer("other")
+    for path, name, handler in (*ROUTES, (prometheus_path, "prometheus", prometheus)):
+        app.router.add_get(path, endpoint(handler, stats.observer(name)))
+        app.router.add_route("*", path, endpoint(method_not_allowed, other))
+    app.router.add_route("*", "/{path:.*}", endpoint(not_found, other))

@@ -16,11 +16,20 @@ from typing import Any
 from aiohttp import web
 
 from exporter import __version__
-from exporter.api import BASIC_AUTH, DATABASE, REFRESHER, SETTINGS, WEB_CONFIG, add_routes
+from exporter.api import (
+    BASIC_AUTH,
+    DATABASE,
+    LIVE_METRICS,
+    REFRESHER,
+    SETTINGS,
+    WEB_CONFIG,
+    add_routes,
+)
 from exporter.config import Settings
 from exporter.db import Database, is_cancelled_statement
 from exporter.logs import log_event
 from exporter.refresher import Refresher
+from exporter.selfmetrics import LiveMetrics
 from exporter.webconfig import BasicAuthCheck, WebConfigSource
 
 logger = logging.getLogger("exporter.app")
@@ -34,6 +43,7 @@ def create_app(settings: Settings, *, refresh_in_background: bool = True) -> web
     app[SETTINGS] = settings
     app[WEB_CONFIG] = WebConfigSource(settings.web.config_file)
     app[BASIC_AUTH] = BasicAuthCheck()
+    app[LIVE_METRICS] = LiveMetrics()
     database = Database(settings.database)
     app[DATABASE] = database
     app[REFRESHER] = Refresher(database, settings, version=__version__)

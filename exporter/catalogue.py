@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from exporter import selfmetrics
 from exporter.domain import (
     DOCUMENTED_ACTIONS,
     ENGINE_STATES,
@@ -358,4 +359,5 @@ def markdown_table() -> str:
         )
         scope = "" if family.fleet_data else " Self-metric: always served."
         rows.append(f"| `{family.name}` | {family.kind} | {labels} | {meaning}{scope} |")
+    rows.extend(selfmetrics.markdown_rows())
     return "\n".join(rows)

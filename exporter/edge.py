@@ -30,9 +30,9 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
-from exporter.api import WEB_CONFIG
+from exporter.api import LIVE_METRICS, WEB_CONFIG
 from exporter.config import ListenSettings, Settings
-from exporter.errors import ApiError, error_response
+from exporter.errors import ApiError, Observe, error_response
 from exporter.logs import log_event
 from exporter.webconfig import WebConfigSource
 
@@ -193,6 +193,7 @@ class EdgeProtocol(RequestHandler):
             self._edge.note("request_rejected", rejection.kind, status=rejection.status)
             response = error_response(ApiError(rejection.status, rejection.code, rejection.message))
         self._edge.add_configured_headers(response)
+        self._edge.observe_other(response.status, 0.0)
         response.force_close()
         return response
 
@@ -206,6 +207,7 @@ class EdgeServer(web.Server):
         app_server: web.Server,
         listen: ListenSettings,
         web_config: WebConfigSource,
+        observe_other: Observe,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -215,16 +217,19 @@ class EdgeServer(web.Server):
         )
         self.listen = listen
         self.web_config = web_config
+        self.observe_other = observe_other
         self._protocol_kwargs = kwargs
         self._open: set[RequestHandler] = set()
         self._rejections = RateLimitedCounts(REJECTION_LOG_INTERVAL_S)
 
     def _guarded(self, handler: Handler) -> Handler:
         async def answer(request: web.BaseRequest) -> web.StreamResponse:
+            started = time.perf_counter()
             try:
                 response = await handler(request)
             except web.HTTPException as error:
                 response = _http_exception_answer(error)
+                self.observe_other(response.status, time.perf_counter() - started)
             self.add_configured_headers(response)
             return response
 
@@ -320,6 +325,7 @@ def edge_server(
     app_server: web.Server,
     listen: ListenSettings,
     web_config: WebConfigSource,
+    observe_other: Observe,
     *,
     access_log: bool,
 ) -> EdgeServer:
@@ -327,6 +333,7 @@ def edge_server(
         app_server,
         listen,
         web_config,
+        observe_other,
         keepalive_timeout=listen.keepalive_timeout_s,
         max_line_size=MAX_REQUEST_LINE,
         max_field_size=MAX_HEADER_VALUE + _HEADER_NAME_ALLOWANCE,
@@ -400,6 +407,7 @@ async def serving(
             runner.server,
             settings.listen,
             app[WEB_CONFIG],
+            app[LIVE_METRICS].http.observer("other"),
             access_log=settings.log.level == "debug",
         )
         site = EdgeSite(

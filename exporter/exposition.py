@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -60,6 +60,23 @@ _DEFLATE_END = b"\x03\x00"
 class Body:
     plain: bytes
     gzipped: bytes
+    open_plain: bytes
+    """The body before its closing line (OpenMetrics' ``# EOF``; nothing in text format)."""
+    open_gzipped: bytes
+    """The gzip header and the sync-flushed deflate segments of ``open_plain``."""
+    open_crc: int
+    """CRC-32 of ``open_plain``, for a trailer over more bytes appended to it."""
+    closing: bytes
+
+    def with_tail(self, tail: bytes) -> tuple[bytes, bytes]:
+        """(plain, gzipped) with ``tail`` before the closing line: what a scrape appends
+        costs compressing and checksumming the tail alone."""
+        end = tail + self.closing
+        plain = self.open_plain + end
+        compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
+        deflated = compressor.compress(end) + compressor.flush(zlib.Z_FINISH)
+        trailer = struct.pack("<II", zlib.crc32(end, self.open_crc), len(plain) & 0xFFFFFFFF)
+        return plain, b"".join((self.open_gzipped, deflated, trailer))
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,11 +181,6 @@ def _deflate(segment: bytes) -> bytes:
     return compressor.compress(segment) + compressor.flush(zlib.Z_SYNC_FLUSH)
 
 
-def _gzip_member(plain: bytes, deflated_segments: Iterable[bytes]) -> bytes:
-    trailer = struct.pack("<II", zlib.crc32(plain), len(plain) & 0xFFFFFFFF)
-    return b"".join((_GZIP_HEADER, *deflated_segments, _DEFLATE_END, trailer))
-
-
 class _Assembly:
     """One body under construction: its plain segments and their deflated forms."""
 
@@ -180,9 +192,16 @@ class _Assembly:
         self.plain.append(plain)
         self.deflated.append(deflated)
 
-    def body(self) -> Body:
-        plain = b"".join(self.plain)
-        return Body(plain, _gzip_member(plain, self.deflated))
+    def body(self, closing: tuple[bytes, bytes] | None = None) -> Body:
+        """The body, ended by ``closing`` (its plain and deflated forms) when given."""
+        open_plain = b"".join(self.plain)
+        open_gzipped = b"".join((_GZIP_HEADER, *self.deflated))
+        open_crc = zlib.crc32(open_plain)
+        closing_plain, closing_deflated = closing or (b"", b"")
+        plain = open_plain + closing_plain
+        trailer = struct.pack("<II", zlib.crc32(closing_plain, open_crc), len(plain) & 0xFFFFFFFF)
+        gzipped = b"".join((open_gzipped, closing_deflated, _DEFLATE_END, trailer))
+        return Body(plain, gzipped, open_plain, open_gzipped, open_crc, closing_plain)
 
 
 class ExpositionRenderer:
@@ -277,8 +296,8 @@ class ExpositionRenderer:
                 deflated = self._deflated(run, segments)
                 text.add(plain, deflated)
                 openmetrics.add(plain, deflated)
-        openmetrics.add(_OPENMETRICS_EOF, self._deflated((_OPENMETRICS_EOF,), segments))
-        return text.body(), openmetrics.body()
+        eof = (_OPENMETRICS_EOF, self._deflated((_OPENMETRICS_EOF,), segments))
+        return text.body(), openmetrics.body(closing=eof)
 
     def _deflated(self, run: tuple[bytes, ...], segments: dict[tuple[bytes, ...], bytes]) -> bytes:
         """The run's deflated bytes, from the previous body when it had the very same run.

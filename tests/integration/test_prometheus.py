@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import platform
 import re
 import shutil
 import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from exporter.api import REFRESHER
 from exporter.app import create_app
 from exporter.catalogue import FAMILIES
 from exporter.domain import DOCUMENTED_ACTIONS, ENGINE_STATES
+from exporter.selfmetrics import LIVE_FAMILIES
 from tests.support import canary
 from tests.support.db import execute, insert_audit, insert_engine, insert_product
 from tests.support.service import make_settings
@@ -47,7 +50,8 @@ def _samples(
 @pytest.fixture
 def fleet(fleet_db: Any) -> dict[str, Any]:
     dsn = fleet_db.dsn
-    acme = insert_product(dsn, slug="acme", api_key="pk-sept-acme-" + "a" * 40)
+    key = "pk-sept-acme-" + "a" * 40
+    acme = insert_product(dsn, slug="acme", api_key=key)
     insert_product(dsn, slug="globex", api_key="pk-sept-globex-" + "b" * 40)
     statuses = ["running"] * 5 + ["failed", "provisioning", "hibernating"]
     for i, status in enumerate(statuses):
@@ -63,7 +67,13 @@ def fleet(fleet_db: Any) -> dict[str, Any]:
         insert_audit(
             dsn, product_id=acme, action=action, duration_ms=durations[i] if i < 4 else None
         )
-    return {"dsn": dsn, "statuses": statuses, "actions": actions, "durations": durations}
+    return {
+        "dsn": dsn,
+        "key": key,
+        "statuses": statuses,
+        "actions": actions,
+        "durations": durations,
+    }
 
 
 async def _client(aiohttp_client: ClientFactory, dsn: str, **sections: Any) -> TestClient:
@@ -79,9 +89,9 @@ async def test_every_catalogue_family_is_exposed_with_help_and_type(
     client = await _client(aiohttp_client, fleet["dsn"])
     text = await (await client.get("/prometheus")).text()
     exposed = {family.name for family in parse_text(text)}
-    expected = {f.name.removesuffix("_total") for f in FAMILIES}
-    assert exposed == expected
-    for family in FAMILIES:
+    documented = [*FAMILIES, *LIVE_FAMILIES]
+    assert exposed == {f.name.removesuffix("_total") for f in documented}
+    for family in documented:
         assert f"# HELP {family.name} " in text
         assert f"# TYPE {family.name} {family.kind}" in text
     assert "_created" not in text
@@ -171,7 +181,9 @@ async def test_prometheus_accept_header_gets_openmetrics_with_identical_values(
     assert om_text.endswith("# EOF\n")
     text = await client.get("/prometheus", headers={"Accept": "text/plain"})
     assert text.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-    assert _samples(om_text, openmetrics=True) == _samples(await text.text())
+    assert _without_live(_samples(om_text, openmetrics=True)) == _without_live(
+        _samples(await text.text())
+    )
 
 
 async def test_gzip_is_served_when_accepted(
@@ -183,7 +195,16 @@ async def test_gzip_is_served_when_accepted(
         "/prometheus", headers={"Accept-Encoding": "gzip"}, auto_decompress=False
     )
     assert response.headers["Content-Encoding"] == "gzip"
-    assert gzip.decompress(await response.read()) == plain
+    unzipped = gzip.decompress(await response.read()).decode()
+    assert _without_live(_samples(unzipped)) == _without_live(_samples(plain.decode()))
+    om = await client.get(
+        "/prometheus",
+        headers={"Accept-Encoding": "gzip", "Accept": PROMETHEUS_ACCEPT},
+        auto_decompress=False,
+    )
+    unzipped = gzip.decompress(await om.read()).decode()
+    assert unzipped.endswith("# EOF\n")
+    assert _samples(unzipped, openmetrics=True)[("python_info", PYTHON_INFO)] == 1
 
 
 async def test_bearer_token_is_required_when_configured(
@@ -220,3 +241,62 @@ async def test_promtool_lints_the_real_text_exposition_clean(
         subprocess.run, [promtool, "check", "metrics"], input=body, capture_output=True, check=False
     )
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+
+
+LIVE_PREFIXES = tuple(family.name.removesuffix("_total") for family in LIVE_FAMILIES)
+PYTHON_INFO = tuple(
+    sorted(
+        {
+            "implementation": platform.python_implementation(),
+            "major": str(sys.version_info.major),
+            "minor": str(sys.version_info.minor),
+            "patchlevel": str(sys.version_info.micro),
+            "version": platform.python_version(),
+        }.items()
+    )
+)
+
+
+def _without_live(samples: dict[Any, float]) -> dict[Any, float]:
+    """The samples without the per-request self-metrics, which move between two scrapes."""
+    return {key: value for key, value in samples.items() if not key[0].startswith(LIVE_PREFIXES)}
+
+
+def _http_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        key: value
+        for key, value in _samples(text).items()
+        if key[0].startswith("engine_fleet_exporter_http_")
+    }
+
+
+async def test_http_self_metrics_count_every_answer_by_route_and_code(
+    aiohttp_client: ClientFactory, fleet: dict[str, Any]
+) -> None:
+    client = await _client(aiohttp_client, fleet["dsn"])
+    key = {"X-Platform-Key": fleet["key"]}
+    for path, headers in [
+        ("/status", key),
+        ("/status", key),
+        ("/status", {}),
+        ("/engines?limit=0", key),
+        ("/no/such/" + "x" * 40, {}),
+        ("/healthz", {}),
+    ]:
+        await client.get(path, headers=headers)
+    await client.post("/status")
+    # The first scrape: its self-metrics are rendered now, not taken from a recent scrape.
+    text = await (await client.get("/prometheus", headers={"Accept": "text/plain"})).text()
+    samples = _http_samples(text)
+    requests = "engine_fleet_exporter_http_requests_total"
+    assert samples[(requests, (("code", "200"), ("handler", "status")))] == 2
+    assert samples[(requests, (("code", "401"), ("handler", "status")))] == 1
+    assert samples[(requests, (("code", "400"), ("handler", "engines")))] == 1
+    assert samples[(requests, (("code", "404"), ("handler", "other")))] == 1
+    assert samples[(requests, (("code", "405"), ("handler", "other")))] == 1
+    assert samples[(requests, (("code", "200"), ("handler", "healthz")))] == 1
+    count = "engine_fleet_exporter_http_request_duration_seconds_count"
+    assert samples[(count, (("handler", "status"),))] == 3
+    inf = (("handler", "status"), ("le", "+Inf"))
+    assert samples[("engine_fleet_exporter_http_request_duration_seconds_bucket", inf)] == 3
+    assert all("xxxx" not in str(labels) for _, labels in samples)

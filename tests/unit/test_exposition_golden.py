@@ -52,7 +52,7 @@ def _fleet(
     )
 
 
-def _input() -> ExpositionInput:
+def golden_input() -> ExpositionInput:
     acme = _fleet(
         "acme",
         {"running": 7, "failed": 2, "provisioning": 1, "rebooting": 1},
@@ -86,16 +86,16 @@ def _check(name: str, body: bytes) -> None:
 
 
 def test_text_exposition_of_a_fixed_fleet_is_exactly_the_golden_text() -> None:
-    _check("exposition.txt", render(_input()).text.plain)
+    _check("exposition.txt", render(golden_input()).text.plain)
 
 
 def test_openmetrics_exposition_of_a_fixed_fleet_is_exactly_the_golden_text() -> None:
-    _check("exposition.openmetrics", render(_input()).openmetrics.plain)
+    _check("exposition.openmetrics", render(golden_input()).openmetrics.plain)
 
 
 @pytest.mark.parametrize("openmetrics", [False, True], ids=["text", "openmetrics"])
 def test_self_only_bodies_are_the_full_ones_without_any_fleet_series(openmetrics: bool) -> None:
-    exposition = render(_input())
+    exposition = render(golden_input())
     full = exposition.body(openmetrics=openmetrics, include_fleet=True).plain.decode()
     self_only = exposition.body(openmetrics=openmetrics, include_fleet=False).plain.decode()
     assert 'product="' not in self_only
@@ -103,6 +103,6 @@ def test_self_only_bodies_are_the_full_ones_without_any_fleet_series(openmetrics
 
 
 def test_gzipped_bodies_decompress_to_the_plain_ones() -> None:
-    exposition = render(_input())
+    exposition = render(golden_input())
     for body in (exposition.text, exposition.openmetrics):
         assert gzip.decompress(body.gzipped) == body.plain
