@@ -34,6 +34,8 @@ from exporter.webconfig import BasicAuthCheck, WebConfigSource
 
 logger = logging.getLogger("exporter.app")
 
+REFRESHER_STOP_RETRY_S = 0.5
+
 
 def create_app(settings: Settings, *, refresh_in_background: bool = True) -> web.Application:
     """The service; without ``refresh_in_background`` nothing refreshes unless the caller
@@ -86,6 +88,11 @@ async def _database_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _refresher_ctx(app: web.Application) -> AsyncIterator[None]:
     task = asyncio.create_task(app[REFRESHER].run(), name="fleet-refresher")
     yield
-    task.cancel()
+    # Cancelled again until it ends: on Python 3.11 asyncio.wait_for (used by aiopg around
+    # each statement) can swallow a cancellation that lands as the statement completes, and
+    # the refresher would then sleep on into its next round.
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=REFRESHER_STOP_RETRY_S)
     with contextlib.suppress(asyncio.CancelledError):
         await task

@@ -304,3 +304,16 @@ async def test_the_connection_cap_holds_and_the_open_connections_are_served(
     await wait_until(admitted, what="a new connection to be admitted once one closed")
     for _, writer in held[1:]:
         writer.close()
+
+
+async def test_the_service_stops_promptly_whenever_it_is_stopped(fleet_db: Any) -> None:
+    """Stopped at once, mid first refresh: on Python 3.11 a cancellation can be swallowed by
+    asyncio.wait_for inside aiopg as a statement completes; the stop must still finish."""
+    insert_product(fleet_db.dsn, slug="acme", api_key=KEY)
+    settings = make_settings(fleet_db.dsn)
+    for delay_s in (0, 0.001, 0.005, 0.01, 0.02, 0.05):
+        started = time.monotonic()
+        async with asyncio.timeout(10):
+            async with serving(create_app(settings), settings, shutdown_timeout_s=1.0):
+                await asyncio.sleep(delay_s)
+        assert time.monotonic() - started < 5
