@@ -1,4 +1,5 @@
-"""The OpenAPI 3 description of the JSON API; tests validate real responses against it."""
+"""The OpenAPI 3 description of the JSON API; tests validate real responses against it and a
+bounded schemathesis run checks the live service against every rule it states."""
 
 from __future__ import annotations
 
@@ -6,23 +7,37 @@ from typing import Any
 
 from exporter import __version__
 from exporter.domain import ENGINE_LISTING_FIELDS, ENGINE_STATES
+from exporter.paging import CURSOR_PATTERN, LIMIT_RANGE, MAX_OFFSET
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
 
-def _error_responses(*statuses: int) -> dict[str, Any]:
-    descriptions = {
-        400: "Invalid query parameter (INVALID_PARAMETER).",
-        401: "Missing or unknown platform key (INVALID_PLATFORM_KEY).",
-        503: "Data unavailable (FLEET_DATA_UNAVAILABLE, FLEET_DATA_STALE, DATABASE_UNAVAILABLE).",
-    }
+_EDGE_ERRORS = {
+    400: "Not valid HTTP/1.1 (BAD_REQUEST)",
+    414: "Request line longer than 8192 bytes (URI_TOO_LONG).",
+    431: "A header value longer than 8 KiB, or more than 100 headers (HEADERS_TOO_LARGE).",
+}
+"""Answers of the HTTP edge, before any route: every operation may give them."""
+
+
+def _error_responses(**descriptions: str) -> dict[str, Any]:
+    """The operation's own error answers (``e401="..."``) with the edge's; one envelope."""
+    answers = {int(key.removeprefix("e")): text for key, text in descriptions.items()}
+    for status, text in _EDGE_ERRORS.items():
+        answers[status] = f"{answers[status]}; or {text}" if status in answers else text
     return {
         str(status): {
-            "description": descriptions[status],
+            "description": answers[status]
+            if answers[status].endswith(".")
+            else answers[status] + ".",
             "content": {"application/json": {"schema": _ERROR}},
         }
-        for status in statuses
+        for status in sorted(answers)
     }
+
+
+_UNKNOWN_KEY = "Missing, unknown or repeated X-Platform-Key header (INVALID_PLATFORM_KEY)."
+_NOT_LOADED = "Data unavailable (FLEET_DATA_UNAVAILABLE, FLEET_DATA_STALE)."
 
 
 def _json(schema_name: str, description: str) -> dict[str, Any]:
@@ -35,6 +50,12 @@ def _json(schema_name: str, description: str) -> dict[str, Any]:
 
 
 _COUNT = {"type": "integer", "minimum": 0}
+_STATUS = {"type": "string", "enum": list(ENGINE_STATES)}
+_LIMIT = {"type": "integer", "minimum": LIMIT_RANGE[0], "maximum": LIMIT_RANGE[1], "default": 100}
+_OFFSET = {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET, "default": 0}
+_AFTER = {"type": "string", "pattern": CURSOR_PATTERN}
+
+
 _TIMESTAMP = {"type": "string", "format": "date-time"}
 
 
@@ -58,7 +79,9 @@ def openapi_document(prometheus_path: str) -> dict[str, Any]:
         },
         "components": {
             "securitySchemes": {
-                "platformKey": {"type": "apiKey", "in": "header", "name": "X-Platform-Key"}
+                "platformKey": {"type": "apiKey", "in": "header", "name": "X-Platform-Key"},
+                "bearerToken": {"type": "http", "scheme": "bearer"},
+                "basicAuth": {"type": "http", "scheme": "basic"},
             },
             "schemas": {
                 "Error": {
@@ -150,37 +173,31 @@ def openapi_document(prometheus_path: str) -> dict[str, Any]:
                 "get": {
                     "summary": "List the calling product's engines (live, paginated).",
                     "security": [{"platformKey": []}],
+                    # One exploded object parameter, so that the rule between two of its
+                    # members (after excludes offset) can be stated: OpenAPI has no way to
+                    # relate separate parameters. On the wire these are plain query
+                    # parameters: ?status=...&limit=...&offset=... or ...&after=...
                     "parameters": [
                         {
-                            "name": "status",
+                            "name": "page",
                             "in": "query",
                             "required": False,
-                            "schema": {"type": "string", "enum": list(ENGINE_STATES)},
-                        },
-                        {
-                            "name": "limit",
-                            "in": "query",
-                            "required": False,
+                            "style": "form",
+                            "explode": True,
+                            "description": "status, limit, and either offset or after"
+                            " (a keyset cursor from a Link rel=next header), never both;"
+                            " each at most once.",
                             "schema": {
-                                "type": "integer",
-                                "minimum": 1,
-                                "maximum": 1000,
-                                "default": 100,
+                                "type": "object",
+                                "additionalProperties": False,
+                                "properties": {
+                                    "status": _STATUS,
+                                    "limit": _LIMIT,
+                                    "offset": _OFFSET,
+                                    "after": _AFTER,
+                                },
+                                "not": {"required": ["offset", "after"]},
                             },
-                        },
-                        {
-                            "name": "offset",
-                            "in": "query",
-                            "required": False,
-                            "schema": {"type": "integer", "minimum": 0, "default": 0},
-                        },
-                        {
-                            "name": "after",
-                            "in": "query",
-                            "required": False,
-                            "description": "Keyset cursor from a Link rel=next header;"
-                            " not combined with offset.",
-                            "schema": {"type": "string"},
                         },
                     ],
                     "responses": {
@@ -194,7 +211,12 @@ def openapi_document(prometheus_path: str) -> dict[str, Any]:
                                 }
                             },
                         },
-                        **_error_responses(400, 401, 503),
+                        **_error_responses(
+                            e400="A query parameter out of its rules, given twice, or after"
+                            " with offset (INVALID_PARAMETER)",
+                            e401=_UNKNOWN_KEY,
+                            e503=_NOT_LOADED[:-2] + ", DATABASE_UNAVAILABLE).",
+                        ),
                     },
                 }
             },
@@ -207,7 +229,7 @@ def openapi_document(prometheus_path: str) -> dict[str, Any]:
                             **_json("Status", "Counts per state and overall health."),
                             "headers": snapshot_headers,
                         },
-                        **_error_responses(401, 503),
+                        **_error_responses(e401=_UNKNOWN_KEY, e503=_NOT_LOADED),
                     },
                 }
             },
@@ -220,30 +242,58 @@ def openapi_document(prometheus_path: str) -> dict[str, Any]:
                             **_json("Metrics", "Figures from the audit log."),
                             "headers": snapshot_headers,
                         },
-                        **_error_responses(401, 503),
+                        **_error_responses(
+                            e401=_UNKNOWN_KEY,
+                            e503=_NOT_LOADED[:-2] + ", AUDIT_BACKFILL_RUNNING).",
+                        ),
                     },
                 }
             },
             "/healthz": {
                 "get": {
                     "summary": "Liveness.",
-                    "responses": {"200": {"description": "Process is up."}},
+                    "responses": {
+                        "200": {
+                            "description": "Process is up.",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        },
+                        **_error_responses(),
+                    },
                 }
             },
             "/readyz": {
                 "get": {
                     "summary": "Readiness: a refresh succeeded and the data is fresh.",
-                    "responses": {"200": {"description": "Ready."}, **_error_responses(503)},
+                    "responses": {
+                        "200": {
+                            "description": "Ready.",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        },
+                        **_error_responses(
+                            e503="Not ready (FLEET_DATA_UNAVAILABLE, FLEET_DATA_STALE)."
+                        ),
+                    },
                 }
             },
             prometheus_path: {
                 "get": {
                     "summary": "Prometheus metrics of every product (text or OpenMetrics).",
+                    "description": "Credentials are needed only when a bearer token file or"
+                    " basic auth users are configured.",
+                    "security": [{}, {"bearerToken": []}, {"basicAuth": []}],
                     "responses": {
                         "200": {
-                            "description": "Exposition.",
-                            "content": {"text/plain": {"schema": {"type": "string"}}},
-                        }
+                            "description": "Exposition, text 0.0.4 or OpenMetrics 1.0 as the"
+                            " Accept header ranks them.",
+                            "content": {
+                                "text/plain": {"schema": {"type": "string"}},
+                                "application/openmetrics-text": {"schema": {"type": "string"}},
+                            },
+                        },
+                        **_error_responses(
+                            e401="Credentials configured but missing, wrong or repeated"
+                            " (UNAUTHORIZED)."
+                        ),
                     },
                 }
             },

@@ -2,8 +2,12 @@
 
 ``parse_engines_query`` reads a query string into an ``EnginesQuery``, or raises the
 ``INVALID_PARAMETER`` error that names the parameter and what it must be. A full page's
-``next`` link carries the last engine's position as an opaque cursor (``encode_cursor``);
-``decode_cursor`` accepts only what ``encode_cursor`` makes.
+``next`` link carries the last engine's position as a cursor (``encode_cursor``) whose
+shape is ``CURSOR_PATTERN``: every string of that shape is a position, so a client (or the
+OpenAPI document, which states the pattern) can tell a cursor by its shape alone. Links
+made by earlier versions (URL-safe base64 of ``<ISO time>|<uuid>``) keep working.
+Parameters other than ``ENGINES_PARAMETERS`` are refused: a misspelt filter
+(``?stauts=failed``) must not silently list every engine.
 """
 
 from __future__ import annotations
@@ -12,19 +16,26 @@ import base64
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from multidict import MultiMapping
 
 from exporter.domain import ENGINE_STATES
-from exporter.errors import invalid_parameter
+from exporter.errors import ApiError, invalid_parameter
 from exporter.queries import EnginePosition
 
 LIMIT_RANGE = (1, 1000)
 DEFAULT_LIMIT = 100
 MAX_OFFSET = 2**31 - 1
 MAX_CURSOR_LENGTH = 200
+ENGINES_PARAMETERS = ("status", "limit", "offset", "after")
+CURSOR_PATTERN = r"^(?:[0-9]{1,17}|[01][0-9]{17}|2[0-4][0-9]{16})\.[0-9a-f]{32}$"
+"""Microseconds since 1970 (below 2.5e17: up to the year 9892, within what a datetime holds),
+a dot, the engine's uuid as 32 hex digits."""
+_CURSOR = re.compile(CURSOR_PATTERN)
 _DIGITS = re.compile(r"[0-9]{1,10}")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +57,13 @@ class EnginesQuery:
 
 def parse_engines_query(query: MultiMapping[str]) -> EnginesQuery:
     """The request's filter and page; ``ApiError`` (400) for the first parameter that is bad."""
+    if any(name not in ENGINES_PARAMETERS for name in query):
+        # The unknown name is not echoed: it could be anything, a key pasted by mistake.
+        raise ApiError(
+            400,
+            "INVALID_PARAMETER",
+            "Unknown query parameter; known: " + ", ".join(ENGINES_PARAMETERS) + ".",
+        )
     status = _single(query, "status")
     if status is not None and status not in ENGINE_STATES:
         raise invalid_parameter("status", "one of " + ", ".join(ENGINE_STATES))
@@ -55,12 +73,20 @@ def parse_engines_query(query: MultiMapping[str]) -> EnginesQuery:
 
 
 def encode_cursor(position: EnginePosition) -> str:
-    raw = f"{position.created_at.astimezone(UTC).isoformat()}|{position.engine_id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    micros = (position.created_at - _EPOCH) // _MICROSECOND
+    return f"{micros}.{uuid.UUID(position.engine_id).hex}"
 
 
 def decode_cursor(cursor: str) -> EnginePosition:
     """The position a ``next`` link carries; ValueError for anything that is not one."""
+    if _CURSOR.fullmatch(cursor):
+        micros, engine_id = cursor.split(".")
+        return EnginePosition(_EPOCH + int(micros) * _MICROSECOND, str(uuid.UUID(engine_id)))
+    return _decode_base64_cursor(cursor)
+
+
+def _decode_base64_cursor(cursor: str) -> EnginePosition:
+    """A cursor of an earlier version, from a link handed out before an upgrade."""
     if len(cursor) > MAX_CURSOR_LENGTH:
         raise ValueError("cursor too long")
     raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
@@ -68,7 +94,7 @@ def decode_cursor(cursor: str) -> EnginePosition:
     moment = datetime.fromisoformat(created_at)
     if moment.tzinfo is None:
         raise ValueError("cursor time without zone")
-    return EnginePosition(moment, str(uuid.UUID(engine_id)))
+    return EnginePosition(moment.astimezone(UTC), str(uuid.UUID(engine_id)))
 
 
 def _single(query: MultiMapping[str], name: str) -> str | None:

@@ -304,6 +304,8 @@ async def test_next_links_keep_the_status_filter(
         "after=",
         "after=" + "A" * 300,
         "after=MjAyNnxub3QtYS11dWlk",
+        "after=1." + "g" * 32,
+        "after=250000000000000000." + "a" * 32,
         "offset=0&after=x",
     ],
 )
@@ -454,6 +456,21 @@ async def test_bad_engine_parameters_are_refused_and_change_nothing(
     assert body["error"]["code"] == "INVALID_PARAMETER"
     assert f"'{name}'" in body["error"]["message"]
     assert fetch_value(two_products["dsn"], "SELECT count(*) FROM engines") == 14
+
+
+@pytest.mark.parametrize(
+    ("query", "unknown"),
+    [("stauts=failed", "stauts"), ("status=failed&page=2", "page"), (f"{ACME_KEY}=1", ACME_KEY)],
+)
+async def test_an_unknown_engines_parameter_is_refused_without_being_echoed(
+    aiohttp_client: ClientFactory, two_products: dict[str, Any], query: str, unknown: str
+) -> None:
+    client = await _start(aiohttp_client, two_products["dsn"])
+    response = await client.get(f"/engines?{query}", headers={"X-Platform-Key": ACME_KEY})
+    assert response.status == 400
+    body = await response.json()
+    assert body["error"]["code"] == "INVALID_PARAMETER"
+    assert unknown not in body["error"]["message"]
 
 
 async def test_limits_at_the_edges_of_the_range_are_accepted(

@@ -48,3 +48,20 @@ def test_readme_alert_table_is_the_rules_file() -> None:
         )
     }
     assert documented == shipped
+
+
+def _answered_codes() -> set[str]:
+    """Every error code the service can answer, read from where the answers are made."""
+    from exporter import edge
+
+    source = "\n".join(path.read_text() for path in (ROOT / "exporter").glob("*.py"))
+    made = re.findall(r"\b(?:ApiError|Rejection)\(\s*\d{3},\s*\"([A-Z_]+)\"", source)
+    return {*made, *(code for code, _ in edge._HTTP_ERROR_CODES.values())}
+
+
+def test_readme_error_table_lists_every_code_the_service_answers() -> None:
+    table = README[README.index("| status | code | when |") :]
+    table = table[: table.index("\n\n")]
+    rows = re.findall(r"^\| [0-9 /]+ \| ([^|]+) \|", table, flags=re.MULTILINE)
+    documented = {code for row in rows for code in re.findall(r"`([A-Z_]+)`", row)}
+    assert documented == _answered_codes()
