@@ -97,11 +97,13 @@ def _engine_json(engine: EngineRecord) -> dict[str, object]:
 
 async def list_engines(request: web.Request) -> web.Response:
     refresher = request.app[REFRESHER]
-    fleet = _authenticate(request, refresher.published)
+    published = refresher.published
+    fleet = _authenticate(request, published)
     query = parse_engines_query(request.query)
     # total: the count /status shows, so a page costs the database only the page; counted
     # live in the page's snapshot when the refresher's data is stale.
-    total = None if refresher.is_stale() else fleet.engines_matching(query.status)
+    stale = published.is_stale(refresher.now())
+    total = None if stale else fleet.engines_matching(query.status)
     try:
         async with request.app[DATABASE].read_transaction() as tx:
             page = await fetch_engines_page(
@@ -128,13 +130,13 @@ async def list_engines(request: web.Request) -> web.Response:
 
 
 def _snapshot_body(
-    request: web.Request, bodies_of: Callable[[RenderedViews], Mapping[str, bytes]]
+    request: web.Request,
+    published: Published,
+    bodies_of: Callable[[RenderedViews], Mapping[str, bytes]],
 ) -> web.Response:
     """The caller's body, rendered with the snapshot, or the 503 that says why not."""
-    refresher = request.app[REFRESHER]
-    published = refresher.published
     fleet = _authenticate(request, published)
-    if refresher.is_stale():
+    if published.is_stale(request.app[REFRESHER].now()):
         raise ApiError(
             503,
             "FLEET_DATA_STALE",
@@ -156,16 +158,21 @@ def _snapshot_body(
 
 
 async def fleet_status(request: web.Request) -> web.Response:
-    return _snapshot_body(request, lambda views: views.status)
+    return _snapshot_body(request, request.app[REFRESHER].published, lambda views: views.status)
 
 
 async def fleet_metrics(request: web.Request) -> web.Response:
     refresher = request.app[REFRESHER]
-    snapshot = refresher.published.snapshot
-    if snapshot is not None and not snapshot.audit_counted and not refresher.is_stale():
-        _authenticate(request, refresher.published)
-        raise _backfill_running(refresher)
-    return _snapshot_body(request, lambda views: views.metrics)
+    published = refresher.published
+    snapshot = published.snapshot
+    if (
+        snapshot is not None
+        and not snapshot.audit_counted
+        and not published.is_stale(refresher.now())
+    ):
+        _authenticate(request, published)
+        raise _backfill_running(refresher, published)
+    return _snapshot_body(request, published, lambda views: views.metrics)
 
 
 def _basic_credentials(token68: str) -> tuple[str, bytes] | None:
@@ -202,10 +209,10 @@ async def _authorize_scrape(request: web.Request, token: str | None) -> None:
     )
 
 
-def _backfill_running(refresher: Refresher) -> ApiError:
+def _backfill_running(refresher: Refresher, published: Published) -> ApiError:
     """The answer while the audit history is being counted: a partial count is no total."""
     percent = math.floor(refresher.audit.progress * 1000) / 10
-    retry_after = max(1, math.ceil(refresher.published.next_refresh_unix - time.time()))
+    retry_after = max(1, math.ceil(published.next_refresh_unix - time.time()))
     return ApiError(
         503,
         "AUDIT_BACKFILL_RUNNING",
@@ -218,9 +225,10 @@ def _backfill_running(refresher: Refresher) -> ApiError:
 async def prometheus(request: web.Request) -> web.Response:
     await _authorize_scrape(request, request.app[SETTINGS].prometheus.bearer_token)
     refresher = request.app[REFRESHER]
+    published = refresher.published
     openmetrics = choose_exposition(request.headers.get("Accept", "")) == "openmetrics"
-    body = refresher.published.exposition.body(
-        openmetrics=openmetrics, include_fleet=not refresher.is_stale()
+    body = published.exposition.body(
+        openmetrics=openmetrics, include_fleet=not published.is_stale(refresher.now())
     )
     plain, gzipped = body.with_tail(request.app[LIVE_METRICS].render(openmetrics=openmetrics))
     headers = {
@@ -239,9 +247,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     refresher = request.app[REFRESHER]
-    if refresher.published.last_success_unix is None:
+    published = refresher.published
+    if published.last_success_unix is None:
         raise ApiError(503, "FLEET_DATA_UNAVAILABLE", "Not ready: no refresh has succeeded yet.")
-    if refresher.is_stale():
+    if published.is_stale(refresher.now()):
         raise ApiError(503, "FLEET_DATA_STALE", "Not ready: fleet data is stale.")
     audit = refresher.audit
     return web.json_response(

@@ -11,9 +11,13 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from types import MappingProxyType
+from typing import TYPE_CHECKING, Self
+
+if TYPE_CHECKING:
+    from exporter.config import ActionSettings
 
 ENGINE_STATES: tuple[str, ...] = (
     "provisioning",
@@ -317,6 +321,11 @@ class ActionCategories:
     destroy: tuple[str, ...]
     crash: tuple[str, ...]
     restart: tuple[str, ...]
+
+    @classmethod
+    def of(cls, settings: ActionSettings) -> Self:
+        """The categories the ``actions`` settings name: one field per category, by name."""
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
 
     def actions(self, category: EventCategory) -> tuple[str, ...]:
         return {

@@ -57,8 +57,21 @@ class Published:
     exposition: RenderedExposition
     views: RenderedViews | None
     """The JSON snapshot bodies; ``None`` exactly when ``snapshot`` is."""
+    max_staleness_s: float
+    """The oldest data that may still be served (``refresh.max_staleness_s``)."""
     replication_lag_s: float = 0.0
     """How far behind its primary the data of ``last_success_unix`` already was."""
+
+    def is_stale(self, now_unix: float) -> bool:
+        """True before the first success and once the data is too old to serve: its age is
+        the time since the last success plus how far the standby read then was behind.
+
+        A handler reads ``published`` once and asks this value, so the snapshot it serves and
+        the staleness it judges are those of one refresh."""
+        if self.last_success_unix is None:
+            return True
+        age = now_unix - self.last_success_unix + self.replication_lag_s
+        return age > self.max_staleness_s
 
 
 class Refresher:
@@ -76,12 +89,7 @@ class Refresher:
         self._settings = settings
         self._version = version
         self._clock = clock
-        self._categories = ActionCategories(
-            provision=settings.actions.provision,
-            destroy=settings.actions.destroy,
-            crash=settings.actions.crash,
-            restart=settings.actions.restart,
-        )
+        self._categories = ActionCategories.of(settings.actions)
         self._audit = AuditCounter(settings, self._categories)
         self._census: EngineCensus | None = None
         self._errors = dict.fromkeys(REFRESH_STAGES, 0)
@@ -101,15 +109,9 @@ class Refresher:
     def audit(self) -> AuditCounter:
         return self._audit
 
-    def is_stale(self, now_unix: float | None = None) -> bool:
-        """True before the first success and once the data is too old to serve: its age is
-        the time since the last success plus how far the standby read then was behind."""
-        published = self._published
-        if published.last_success_unix is None:
-            return True
-        now = self._clock() if now_unix is None else now_unix
-        age = now - published.last_success_unix + published.replication_lag_s
-        return age > self._settings.refresh.max_staleness_s
+    def now(self) -> float:
+        """The refresher's clock (Unix seconds): the one ``Published.is_stale`` is asked with."""
+        return self._clock()
 
     async def run(self) -> None:
         """Refresh forever; between refreshes, count the history in chunks. A slow refresh
@@ -358,5 +360,6 @@ class Refresher:
             next_refresh_unix=self._clock() + self._settings.refresh.interval_s,
             exposition=exposition,
             views=views,
+            max_staleness_s=self._settings.refresh.max_staleness_s,
             replication_lag_s=self._replication_lag_s,
         )

@@ -4,6 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from exporter.config import ActionSettings
 from exporter.domain import (
     DOCUMENTED_ACTIONS,
     ENGINE_STATES,
@@ -239,3 +240,15 @@ def test_census_of_running_engines_never_probed_is_overdue_without_an_age() -> N
     census = engine_census([_group("p1", "running", "v1", 2, overdue=2)], ["p1"], now, 10)
 
     assert (census.of("p1").probe_overdue, census.of("p1").oldest_probe_age_s) == (2, 0.0)
+
+
+def test_action_categories_are_the_action_settings_by_name() -> None:
+    settings = ActionSettings(provision=("boot", "provision"), crash=("oom",))
+    categories = ActionCategories.of(settings)
+    assert categories == ActionCategories(
+        provision=("boot", "provision"),
+        destroy=("destroy",),
+        crash=("oom",),
+        restart=("auto_restart_start",),
+    )
+    assert categories.categories_of("oom") == (EventCategory.CRASH,)
