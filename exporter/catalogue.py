@@ -10,7 +10,7 @@ generated from it, and the tests compare both against a real scrape.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,27 +26,12 @@ from exporter.domain import (
     fleet_health,
 )
 from exporter.domain import Health as HealthState
+from exporter.refresh_stats import REFRESH_STAGES, RefreshStage, RefreshStats
 
+_REFRESH_STAGES_OF_A_REFRESH = ", ".join(
+    s for s in REFRESH_STAGES if s is not RefreshStage.BACKFILL
+)
 _CENSUS = " Counted from every engine row once per refresh.engine_census_interval_s."
-
-REFRESH_STAGES: tuple[str, ...] = ("connect", "products", "engines", "audit", "backfill")
-"""Where a refresh can fail (``backfill``: a chunk of the audit history); each has its own
-``refresh_errors_total`` series."""
-
-
-@dataclass(frozen=True, slots=True)
-class RefreshStats:
-    """The refresher's own figures, current as of its last attempt."""
-
-    last_duration_s: float
-    last_success_unix: float | None
-    errors_by_stage: Mapping[str, int]
-    database_up: bool
-    audit_progress: float
-    """Share of the audit history counted, 0..1."""
-    replication_lag_s: float
-    """How far behind its primary the standby of the last successful refresh was (0 on a
-    primary)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +153,7 @@ def _last_success(data: ExpositionInput) -> Iterable[Sample]:
 
 def _refresh_errors(data: ExpositionInput) -> Iterable[Sample]:
     for stage in REFRESH_STAGES:
-        yield (stage,), data.stats.errors_by_stage.get(stage, 0)
+        yield (stage.value,), data.stats.errors_by_stage.get(stage, 0)
 
 
 def _backfill_progress(data: ExpositionInput) -> Iterable[Sample]:
@@ -298,8 +283,8 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "engine_fleet_exporter_refresh_errors_total",
         "counter",
-        "Failed refreshes by the stage that failed (connect, products, engines, audit;"
-        " backfill: a chunk of the audit history).",
+        f"Failed refreshes by the stage that failed ({_REFRESH_STAGES_OF_A_REFRESH};"
+        f" {RefreshStage.BACKFILL}: a chunk of the audit history).",
         ("stage",),
         fleet_data=False,
         samples=_refresh_errors,

@@ -347,29 +347,3 @@ class ActionCategories:
 
     def lifetime_total(self, category: EventCategory, lifetime: Mapping[str, int]) -> int:
         return sum(lifetime.get(action, 0) for action in self.actions(category))
-
-
-def status_view(fleet: ProductFleet, critical_failed_ratio: float) -> dict[str, object]:
-    """The JSON body of ``GET /status``."""
-    return {
-        "total": fleet.total,
-        "by_status": status_counts_for_json(fleet.engines_by_status),
-        "health": fleet_health(fleet.failed, fleet.total, critical_failed_ratio).value,
-        "unhealthy_count": fleet.failed,
-    }
-
-
-def metrics_view(fleet: ProductFleet, categories: ActionCategories) -> dict[str, object]:
-    """The JSON body of ``GET /metrics``."""
-    return {
-        "provisions_1h": fleet.last_hour.get(EventCategory.PROVISION, 0),
-        "crashes_1h": fleet.last_hour.get(EventCategory.CRASH, 0),
-        "restarts_1h": fleet.last_hour.get(EventCategory.RESTART, 0),
-        "avg_boot_ms": fleet.avg_boot_ms,
-        "total_provisions": categories.lifetime_total(
-            EventCategory.PROVISION, fleet.lifetime_by_action
-        ),
-        "total_destroys": categories.lifetime_total(
-            EventCategory.DESTROY, fleet.lifetime_by_action
-        ),
-    }

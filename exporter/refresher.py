@@ -27,7 +27,7 @@ from types import MappingProxyType
 from exporter import queries
 from exporter.audit import DbSnapshot
 from exporter.audit_counter import AuditCounter, FirstRead, LiveRead
-from exporter.catalogue import REFRESH_STAGES, ExpositionInput, RefreshStats
+from exporter.catalogue import ExpositionInput
 from exporter.config import Settings
 from exporter.db import Database, DatabaseUnavailable
 from exporter.domain import (
@@ -42,6 +42,7 @@ from exporter.domain import (
 )
 from exporter.exposition import ExpositionRenderer, RenderedExposition
 from exporter.logs import log_event
+from exporter.refresh_stats import REFRESH_STAGES, RefreshStage, RefreshStats
 from exporter.views import RenderedViews, ViewsRenderer
 
 logger = logging.getLogger("exporter.refresher")
@@ -92,7 +93,7 @@ class Refresher:
         self._categories = ActionCategories.of(settings.actions)
         self._audit = AuditCounter(settings, self._categories)
         self._census: EngineCensus | None = None
-        self._errors = dict.fromkeys(REFRESH_STAGES, 0)
+        self._errors: dict[str, int] = dict.fromkeys(REFRESH_STAGES, 0)
         self._lock = asyncio.Lock()
         self._last_duration_s = 0.0
         self._database_up = False
@@ -136,13 +137,13 @@ class Refresher:
     async def refresh_once(self) -> bool:
         async with self._lock:
             started = time.monotonic()
-            stage = "connect"
+            stage = RefreshStage.CONNECT
             try:
                 async with self._database.read_transaction() as tx:
                     snapshot = await queries.fetch_snapshot(tx)
-                    stage = "products"
+                    stage = RefreshStage.PRODUCTS
                     products = await queries.fetch_products(tx)
-                    stage = "engines"
+                    stage = RefreshStage.ENGINES
                     census_groups: list[EngineGroup] | None = None
                     if self._census_due(snapshot.started_at, products):
                         census_groups = await queries.fetch_engine_census(
@@ -153,12 +154,12 @@ class Refresher:
                         engine_counts = queries.engine_counts_of(census_groups)
                     else:
                         engine_counts = await queries.fetch_engine_counts(tx)
-                    stage = "audit"
+                    stage = RefreshStage.AUDIT
                     audit_read = await self._audit.read(tx, snapshot)
             except DatabaseUnavailable as error:
                 self._last_duration_s = time.monotonic() - started
                 self._errors[stage] += 1
-                self._database_up = stage != "connect" and not error.connection_lost
+                self._database_up = stage is not RefreshStage.CONNECT and not error.connection_lost
                 log_event(
                     logger,
                     logging.WARNING,
@@ -211,7 +212,7 @@ class Refresher:
                     snapshot = await queries.fetch_snapshot(tx)
                     read = await self._audit.read_chunk(tx, snapshot, chunk)
             except DatabaseUnavailable as error:
-                self._errors["backfill"] += 1
+                self._errors[RefreshStage.BACKFILL] += 1
                 self._audit.chunk_failed(chunk, timed_out=not error.connection_lost)
                 log_event(
                     logger,

@@ -1,4 +1,4 @@
-"""The JSON snapshot answers (``/status``, ``/metrics``), rendered once per refresh.
+"""The JSON snapshot answers (``/status``, ``/metrics``): their shape, rendered once per refresh.
 
 Like the Prometheus exposition, every product's two bodies are serialised when a snapshot is
 published, so a request only authenticates the caller and writes bytes that already exist;
@@ -17,13 +17,40 @@ from types import MappingProxyType
 
 from exporter.domain import (
     ActionCategories,
+    EventCategory,
     FleetSnapshot,
     ProductFleet,
-    metrics_view,
-    status_view,
+    fleet_health,
+    status_counts_for_json,
 )
 
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
+
+
+def status_view(fleet: ProductFleet, critical_failed_ratio: float) -> dict[str, object]:
+    """The JSON body of ``GET /status``."""
+    return {
+        "total": fleet.total,
+        "by_status": status_counts_for_json(fleet.engines_by_status),
+        "health": fleet_health(fleet.failed, fleet.total, critical_failed_ratio).value,
+        "unhealthy_count": fleet.failed,
+    }
+
+
+def metrics_view(fleet: ProductFleet, categories: ActionCategories) -> dict[str, object]:
+    """The JSON body of ``GET /metrics``."""
+    return {
+        "provisions_1h": fleet.last_hour.get(EventCategory.PROVISION, 0),
+        "crashes_1h": fleet.last_hour.get(EventCategory.CRASH, 0),
+        "restarts_1h": fleet.last_hour.get(EventCategory.RESTART, 0),
+        "avg_boot_ms": fleet.avg_boot_ms,
+        "total_provisions": categories.lifetime_total(
+            EventCategory.PROVISION, fleet.lifetime_by_action
+        ),
+        "total_destroys": categories.lifetime_total(
+            EventCategory.DESTROY, fleet.lifetime_by_action
+        ),
+    }
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,13 +22,12 @@ from exporter.domain import (
     failed_ratio,
     fleet_health,
     in_rolling_window,
-    metrics_view,
     probe_age_s,
     quota_from_policy,
     status_counts_for_json,
-    status_view,
     versions_for_labels,
 )
+from exporter.views import metrics_view, status_view
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 

@@ -28,7 +28,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from exporter.catalogue import FAMILIES, ExpositionInput, Family, RefreshStats
+from exporter.catalogue import FAMILIES, ExpositionInput, Family
 from exporter.domain import (
     DOCUMENTED_ACTIONS,
     ENGINE_STATES,
@@ -39,11 +39,10 @@ from exporter.domain import (
     Product,
     ProductCensus,
     ProductFleet,
-    metrics_view,
-    status_view,
 )
 from exporter.exposition import GZIP_SEGMENT_PRODUCTS, ExpositionRenderer, RenderedExposition
-from exporter.views import ViewsRenderer
+from exporter.refresh_stats import RefreshStats
+from exporter.views import ViewsRenderer, metrics_view, status_view
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 BOUNDS_S = (1.0, 2.5, 60.0)

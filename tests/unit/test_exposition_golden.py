@@ -15,7 +15,7 @@ from types import MappingProxyType
 
 import pytest
 
-from exporter.catalogue import ExpositionInput, RefreshStats
+from exporter.catalogue import ExpositionInput
 from exporter.domain import (
     BootHistogram,
     EventCategory,
@@ -25,6 +25,7 @@ from exporter.domain import (
     ProductFleet,
 )
 from exporter.exposition import render
+from exporter.refresh_stats import RefreshStats
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 TAKEN_AT = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)

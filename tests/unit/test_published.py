@@ -6,8 +6,9 @@ from types import MappingProxyType
 
 import pytest
 
-from exporter.catalogue import ExpositionInput, RefreshStats
+from exporter.catalogue import ExpositionInput
 from exporter.exposition import render
+from exporter.refresh_stats import RefreshStats
 from exporter.refresher import Published
 
 
