@@ -18,7 +18,7 @@ from aiohttp import web
 
 from exporter.config import Settings
 from exporter.db import Database, DatabaseUnavailable
-from exporter.domain import ProductFleet
+from exporter.domain import ENGINE_LISTING_FIELDS, EngineRecord, ProductFleet
 from exporter.errors import (
     ApiError,
     Handler,
@@ -31,8 +31,9 @@ from exporter.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
 from exporter.negotiation import accepts_gzip, choose_exposition, parse_credentials
 from exporter.openapi import openapi_document
 from exporter.paging import parse_engines_query
-from exporter.queries import EnginePosition, EngineRecord, fetch_engines_page
+from exporter.queries import EnginePosition, fetch_engines_page
 from exporter.refresher import Published, Refresher
+from exporter.routes import ROUTE_PATHS
 from exporter.selfmetrics import LiveMetrics
 from exporter.views import JSON_CONTENT_TYPE, RenderedViews
 from exporter.webconfig import BasicAuthCheck, WebConfigSource
@@ -83,16 +84,13 @@ def _authenticate(request: web.Request, published: Published) -> ProductFleet:
     return snapshot.fleets[product.product_id]
 
 
+def _json_value(value: object) -> object:
+    return _iso(value) if isinstance(value, datetime) else value
+
+
 def _engine_json(engine: EngineRecord) -> dict[str, object]:
-    return {
-        "engine_id": engine.engine_id,
-        "user_id": engine.user_id,
-        "status": engine.status,
-        "url": engine.url,
-        "engine_version": engine.engine_version,
-        "created_at": _iso(engine.created_at),
-        "last_health_at": _iso(engine.last_health_at),
-    }
+    """The engine's listing fields, by name; times in RFC 3339 UTC."""
+    return {name: _json_value(getattr(engine, name)) for name in ENGINE_LISTING_FIELDS}
 
 
 async def list_engines(request: web.Request) -> web.Response:
@@ -288,14 +286,19 @@ async def openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document(request.app[SETTINGS].prometheus.path))
 
 
-ROUTES: tuple[tuple[str, str, Handler], ...] = (
-    ("/engines", "engines", list_engines),
-    ("/status", "status", fleet_status),
-    ("/metrics", "metrics", fleet_metrics),
-    ("/healthz", "healthz", healthz),
-    ("/readyz", "readyz", readyz),
-    ("/", "landing", landing),
-    ("/openapi.json", "openapi", openapi),
+HANDLERS: Mapping[str, Handler] = {
+    "engines": list_engines,
+    "status": fleet_status,
+    "metrics": fleet_metrics,
+    "healthz": healthz,
+    "readyz": readyz,
+    "landing": landing,
+    "openapi": openapi,
+}
+"""The handler of each route in ``ROUTE_PATHS``, by route name."""
+
+ROUTES: tuple[tuple[str, str, Handler], ...] = tuple(
+    (path, name, HANDLERS[name]) for name, path in ROUTE_PATHS.items()
 )
 
 

@@ -19,13 +19,13 @@ import yaml
 from psycopg2 import ProgrammingError
 from psycopg2.extensions import parse_dsn
 
+from exporter.routes import ROUTE_PATHS
+
 DSN_ENV = "FLEET_EXPORTER_DSN"
 CHECKPOINT_ENV = "FLEET_EXPORTER_CHECKPOINT_PATH"
 
 #: Paths served by the JSON API and the probes; the scrape endpoint must not shadow them.
-RESERVED_PATHS = frozenset(
-    {"/", "/engines", "/status", "/metrics", "/healthz", "/readyz", "/openapi.json"}
-)
+RESERVED_PATHS = frozenset(ROUTE_PATHS.values())
 
 
 class ConfigError(ValueError):

@@ -28,16 +28,25 @@ ENGINE_STATES: tuple[str, ...] = (
     "destroying",
 )
 
-ENGINE_LISTING_FIELDS: tuple[str, ...] = (
-    "engine_id",
-    "user_id",
-    "status",
-    "url",
-    "engine_version",
-    "created_at",
-    "last_health_at",
-)
-"""What ``GET /engines`` shows of an engine: never its key hash or encrypted key."""
+
+@dataclass(frozen=True, slots=True)
+class EngineRecord:
+    """What ``GET /engines`` shows of an engine: never its key hash or encrypted key.
+
+    The one declaration of the listing: its fields, in this order, are the columns the page
+    statements select, the members of each JSON engine and the properties of the OpenAPI
+    ``Engine`` schema (a field's ``format`` metadata is its JSON string format)."""
+
+    engine_id: str = field(metadata={"format": "uuid"})
+    user_id: str
+    status: str
+    url: str | None
+    engine_version: str
+    created_at: datetime
+    last_health_at: datetime | None
+
+
+ENGINE_LISTING_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(EngineRecord))
 
 DOCUMENTED_ACTIONS: tuple[str, ...] = (
     "provision",

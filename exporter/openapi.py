@@ -3,11 +3,15 @@ bounded schemathesis run checks the live service against every rule it states.""
 
 from __future__ import annotations
 
-from typing import Any
+import types
+from dataclasses import fields
+from datetime import datetime
+from typing import Any, get_args, get_type_hints
 
 from exporter import __version__
-from exporter.domain import ENGINE_LISTING_FIELDS, ENGINE_STATES
-from exporter.paging import CURSOR_PATTERN, LIMIT_RANGE, MAX_OFFSET
+from exporter.domain import ENGINE_STATES, EngineRecord, Health
+from exporter.paging import CURSOR_PATTERN, DEFAULT_LIMIT, LIMIT_RANGE, MAX_OFFSET
+from exporter.routes import ROUTE_PATHS
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -51,12 +55,39 @@ def _json(schema_name: str, description: str) -> dict[str, Any]:
 
 _COUNT = {"type": "integer", "minimum": 0}
 _STATUS = {"type": "string", "enum": list(ENGINE_STATES)}
-_LIMIT = {"type": "integer", "minimum": LIMIT_RANGE[0], "maximum": LIMIT_RANGE[1], "default": 100}
+_LIMIT = {
+    "type": "integer",
+    "minimum": LIMIT_RANGE[0],
+    "maximum": LIMIT_RANGE[1],
+    "default": DEFAULT_LIMIT,
+}
 _OFFSET = {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET, "default": 0}
 _AFTER = {"type": "string", "pattern": CURSOR_PATTERN}
 
 
 _TIMESTAMP = {"type": "string", "format": "date-time"}
+_SCHEMA_OF_TYPE: dict[object, dict[str, Any]] = {str: {"type": "string"}, datetime: _TIMESTAMP}
+
+
+def _record_schema(record: type[Any]) -> dict[str, Any]:
+    """A closed object schema of a record's fields, typed from their annotations: every field
+    present, ``X | None`` nullable, a field's ``format`` metadata as its string format."""
+    hints = get_type_hints(record)
+    properties: dict[str, Any] = {}
+    for item in fields(record):
+        hint = hints[item.name]
+        types_of = get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        (base,) = (t for t in types_of if t is not types.NoneType)
+        schema = {**_SCHEMA_OF_TYPE[base], **item.metadata}
+        if types.NoneType in types_of:
+            schema["nullable"] = True
+        properties[item.name] = schema
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": list(properties),
+        "properties": properties,
+    }
 
 
 def openapi_document(prometheus_path: str) -> dict[str, Any]:
@@ -100,20 +131,7 @@ def openapi_document(prometheus_path: str) -> dict[str, Any]:
                         }
                     },
                 },
-                "Engine": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "required": list(ENGINE_LISTING_FIELDS),
-                    "properties": {
-                        "engine_id": {"type": "string", "format": "uuid"},
-                        "user_id": {"type": "string"},
-                        "status": {"type": "string"},
-                        "url": {"type": "string", "nullable": True},
-                        "engine_version": {"type": "string"},
-                        "created_at": _TIMESTAMP,
-                        "last_health_at": {**_TIMESTAMP, "nullable": True},
-                    },
-                },
+                "Engine": _record_schema(EngineRecord),
                 "EngineList": {
                     "type": "object",
                     "additionalProperties": False,
@@ -142,7 +160,7 @@ def openapi_document(prometheus_path: str) -> dict[str, Any]:
                             "required": list(ENGINE_STATES),
                             "additionalProperties": _COUNT,
                         },
-                        "health": {"type": "string", "enum": ["ok", "degraded", "critical"]},
+                        "health": {"type": "string", "enum": [state.value for state in Health]},
                         "unhealthy_count": _COUNT,
                     },
                 },
@@ -169,7 +187,7 @@ def openapi_document(prometheus_path: str) -> dict[str, Any]:
             },
         },
         "paths": {
-            "/engines": {
+            ROUTE_PATHS["engines"]: {
                 "get": {
                     "summary": "List the calling product's engines (live, paginated).",
                     "security": [{"platformKey": []}],
@@ -220,7 +238,7 @@ def openapi_document(prometheus_path: str) -> dict[str, Any]:
                     },
                 }
             },
-            "/status": {
+            ROUTE_PATHS["status"]: {
                 "get": {
                     "summary": "Fleet health snapshot of the calling product.",
                     "security": [{"platformKey": []}],
@@ -233,7 +251,7 @@ def openapi_document(prometheus_path: str) -> dict[str, Any]:
                     },
                 }
             },
-            "/metrics": {
+            ROUTE_PATHS["metrics"]: {
                 "get": {
                     "summary": "Rolling-hour and lifetime figures of the calling product.",
                     "security": [{"platformKey": []}],
@@ -249,7 +267,7 @@ def openapi_document(prometheus_path: str) -> dict[str, Any]:
                     },
                 }
             },
-            "/healthz": {
+            ROUTE_PATHS["healthz"]: {
                 "get": {
                     "summary": "Liveness.",
                     "responses": {
@@ -261,7 +279,7 @@ def openapi_document(prometheus_path: str) -> dict[str, Any]:
                     },
                 }
             },
-            "/readyz": {
+            ROUTE_PATHS["readyz"]: {
                 "get": {
                     "summary": "Readiness: a refresh succeeded and the data is fresh.",
                     "responses": {

@@ -15,7 +15,13 @@ from datetime import UTC, datetime
 from exporter.audit import AuditRow, DbSnapshot
 from exporter.checkpoint import DataIdentity
 from exporter.db import Statement, Transaction
-from exporter.domain import ENGINE_LISTING_FIELDS, EngineGroup, Product, quota_from_policy
+from exporter.domain import (
+    ENGINE_LISTING_FIELDS,
+    EngineGroup,
+    EngineRecord,
+    Product,
+    quota_from_policy,
+)
 from exporter.sqlfiles import recommended_indexes
 
 _REPLICATION = """
@@ -194,9 +200,9 @@ DATA_IDENTITY = Statement(
 """What a checkpoint is checked against: the cluster, its timeline, the database, the table
 and a digest of the high-water row (timestamps print in UTC, the session's zone)."""
 
-_ENGINE_COLUMNS = (
-    "engine_id::text, user_id, status, url, engine_version, created_at, last_health_at"
-)
+_LISTING_CASTS = {"engine_id": "::text"}
+"""Listing columns read through a cast (a uuid arrives as its text)."""
+_ENGINE_COLUMNS = ", ".join(name + _LISTING_CASTS.get(name, "") for name in ENGINE_LISTING_FIELDS)
 
 _OF_PRODUCT = "product_id = %(product_id)s"
 _OF_PRODUCT_IN_STATUS = "product_id = %(product_id)s AND status = %(status)s"
@@ -440,17 +446,6 @@ async def fetch_audit_rows_in_gaps(
         return []
     params = {"gap_los": list(gap_los), "gap_his": list(gap_his)}
     return [_audit_row(row) for row in await tx.fetch_all(AUDIT_ROWS_IN_GAPS, params)]
-
-
-@dataclass(frozen=True, slots=True)
-class EngineRecord:
-    engine_id: str
-    user_id: str
-    status: str
-    url: str | None
-    engine_version: str
-    created_at: datetime
-    last_health_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
