@@ -1,18 +1,22 @@
 """The metric catalogue: every family the service exposes, declared once.
 
-Each entry names a family, its type, help text, labels, whether it is fleet data (dropped
-when the data is stale) or a self-metric (always served), and how its samples are computed:
-a fleet family from one product's ``ProductFleet`` and the ``FleetContext`` (so the exposition
-can keep each product's lines until its figures change), a self-metric from the
-``ExpositionInput``. The exposition renders exactly this list, the README's metric table is
-generated from it, and the tests compare both against a real scrape.
+Each entry names a family, its help text, labels and how its samples are computed, and its
+type says which kind of family it is: a ``FleetFamily`` (gauge or counter) or a
+``FleetHistogram`` is fleet data, computed per product from its ``ProductFleet`` and the
+``FleetContext`` (so the exposition can keep each product's lines until its figures change)
+and dropped when the data is stale; a ``SelfFamily`` is a self-metric, computed from the
+``ExpositionInput`` and always served. The help text is the family's meaning alone; whether
+the exposed help also says the refresh interval, and how, is the family's ``refreshed`` note.
+The exposition renders exactly this list, the README's metric table is generated from it,
+and the tests compare both against a real scrape.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from exporter import selfmetrics
 from exporter.domain import (
@@ -68,30 +72,87 @@ Sample = tuple[Labels, float]
 HistogramSample = tuple[Labels, BootHistogram]
 
 
-@dataclass(frozen=True, slots=True)
-class Family:
+class RefreshNote(enum.Enum):
+    """How a family's help states the refresh interval, which the exposition fills in."""
+
+    SENTENCE = " Refreshed every {} s."
+    """A sentence after the help."""
+    ASIDE = " (refreshes run every {} s)"
+    """An aside before the help's closing full stop."""
+
+
+class _Documented:
+    """The help text a family is exposed with: its own words plus its refresh note."""
+
+    __slots__ = ()
+    name: str
+    help: str
+    """The family's meaning, as the README's metric table states it."""
+    refreshed: RefreshNote | None
+
+    def documentation(self, refresh_interval_s: float) -> str:
+        if self.refreshed is None:
+            return self.help
+        note = self.refreshed.value.format(f"{refresh_interval_s:g}")
+        if self.refreshed is RefreshNote.ASIDE:
+            return f"{self.help.removesuffix('.')}{note}."
+        return self.help + note
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FleetFamily(_Documented):
+    """A fleet gauge or counter: samples per product, dropped once the data is stale."""
+
     name: str
     """As exposed in the text format; counters end in ``_total``."""
-    kind: Literal["gauge", "counter", "histogram"]
+    kind: Literal["gauge", "counter"]
     help: str
-    """May use ``{interval}``: the refresh interval in seconds."""
     labels: Labels
-    fleet_data: bool
-    """Fleet data is dropped once stale; self-metrics are always served."""
-    samples: Callable[[ExpositionInput], Iterable[Sample]] | None = None
-    """A self-metric's samples."""
-    product_samples: Callable[[ProductFleet, FleetContext], Iterable[Sample]] | None = None
-    """A fleet gauge's or counter's samples for one product."""
-    product_histograms: Callable[[ProductFleet, FleetContext], Iterable[HistogramSample]] | None = (
-        None
-    )
-    """A fleet histogram's samples for one product."""
+    samples: Callable[[ProductFleet, FleetContext], Iterable[Sample]]
+    """One product's samples."""
+    refreshed: RefreshNote | None = RefreshNote.SENTENCE
 
     @property
     def sample_names(self) -> tuple[str, ...]:
-        if self.kind == "histogram":
-            return (f"{self.name}_bucket", f"{self.name}_sum", f"{self.name}_count")
         return (self.name,)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FleetHistogram(_Documented):
+    """A fleet histogram: one histogram per product, dropped once the data is stale."""
+
+    kind: ClassVar[Literal["histogram"]] = "histogram"
+    name: str
+    help: str
+    labels: Labels
+    """Without ``le``, which the exposition adds to each bucket."""
+    histograms: Callable[[ProductFleet, FleetContext], Iterable[HistogramSample]]
+    """One product's histograms."""
+    refreshed: RefreshNote | None = RefreshNote.SENTENCE
+
+    @property
+    def sample_names(self) -> tuple[str, ...]:
+        return (f"{self.name}_bucket", f"{self.name}_sum", f"{self.name}_count")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SelfFamily(_Documented):
+    """A self-metric: computed from the whole ``ExpositionInput``, always served."""
+
+    name: str
+    kind: Literal["gauge", "counter"]
+    help: str
+    labels: Labels
+    samples: Callable[[ExpositionInput], Iterable[Sample]]
+    refreshed: RefreshNote | None = None
+
+    @property
+    def sample_names(self) -> tuple[str, ...]:
+        return (self.name,)
+
+
+Family = FleetFamily | FleetHistogram | SelfFamily
+"""Every family is exactly one of these: which samples it has follows from its type."""
 
 
 def _engines(fleet: ProductFleet, context: FleetContext) -> Iterable[Sample]:
@@ -173,157 +234,146 @@ def _build_info(data: ExpositionInput) -> Iterable[Sample]:
 
 
 FAMILIES: tuple[Family, ...] = (
-    Family(
-        "engine_fleet_engines",
-        "gauge",
-        "Engines per status; every state is always present, unknown statuses count as"
-        " status=other. Refreshed every {interval} s.",
-        ("product", "status"),
-        fleet_data=True,
-        product_samples=_engines,
+    FleetFamily(
+        name="engine_fleet_engines",
+        kind="gauge",
+        help="Engines per status; every state is always present, unknown statuses count as"
+        " status=other.",
+        labels=("product", "status"),
+        samples=_engines,
     ),
-    Family(
-        "engine_fleet_health",
-        "gauge",
-        "Fleet health: 1 for the current state (ok: no failed engine; critical: failed share at"
-        " or above the configured ratio; degraded otherwise), 0 for the others."
-        " Refreshed every {interval} s.",
-        ("product", "health"),
-        fleet_data=True,
-        product_samples=_health,
+    FleetFamily(
+        name="engine_fleet_health",
+        kind="gauge",
+        help="Fleet health: 1 for the current state (ok: no failed engine; critical: failed"
+        " share at or above the configured ratio; degraded otherwise), 0 for the others.",
+        labels=("product", "health"),
+        samples=_health,
     ),
-    Family(
-        "engine_fleet_failed_ratio",
-        "gauge",
-        "Failed engines divided by all engines (0 for an empty fleet)."
-        " Refreshed every {interval} s.",
-        ("product",),
-        fleet_data=True,
-        product_samples=_failed_ratio,
+    FleetFamily(
+        name="engine_fleet_failed_ratio",
+        kind="gauge",
+        help="Failed engines divided by all engines (0 for an empty fleet).",
+        labels=("product",),
+        samples=_failed_ratio,
     ),
-    Family(
-        "engine_fleet_lifecycle_events_total",
-        "counter",
-        "Audit log rows per action over the whole log, exact; unknown actions count as"
-        " action=other. Refreshed every {interval} s.",
-        ("product", "action"),
-        fleet_data=True,
-        product_samples=_lifecycle_events,
+    FleetFamily(
+        name="engine_fleet_lifecycle_events_total",
+        kind="counter",
+        help="Audit log rows per action over the whole log, exact; unknown actions count as"
+        " action=other.",
+        labels=("product", "action"),
+        samples=_lifecycle_events,
     ),
-    Family(
-        "engine_fleet_boot_duration_seconds",
-        "histogram",
-        "Boot durations in seconds of provision rows that carry one, over the whole log."
-        " Refreshed every {interval} s.",
-        ("product",),
-        fleet_data=True,
-        product_histograms=_boot_durations,
+    FleetHistogram(
+        name="engine_fleet_boot_duration_seconds",
+        help="Boot durations in seconds of provision rows that carry one, over the whole log.",
+        labels=("product",),
+        histograms=_boot_durations,
     ),
-    Family(
-        "engine_fleet_oldest_provisioning_seconds",
-        "gauge",
-        "Age in seconds of the oldest engine still provisioning (0 when none)."
-        " Refreshed every {interval} s.",
-        ("product",),
-        fleet_data=True,
-        product_samples=_oldest_provisioning,
+    FleetFamily(
+        name="engine_fleet_oldest_provisioning_seconds",
+        kind="gauge",
+        help="Age in seconds of the oldest engine still provisioning (0 when none).",
+        labels=("product",),
+        samples=_oldest_provisioning,
     ),
-    Family(
-        "engine_fleet_engines_probe_overdue",
-        "gauge",
-        "Running engines never probed or last probed longer ago than health.probe_overdue_s."
+    FleetFamily(
+        name="engine_fleet_engines_probe_overdue",
+        kind="gauge",
+        help="Running engines never probed or last probed longer ago than health.probe_overdue_s."
         f"{_CENSUS}",
-        ("product",),
-        fleet_data=True,
-        product_samples=_probe_overdue,
+        labels=("product",),
+        samples=_probe_overdue,
+        refreshed=None,
     ),
-    Family(
-        "engine_fleet_oldest_probe_age_seconds",
-        "gauge",
-        "Age in seconds of the oldest health probe among running engines that have one"
+    FleetFamily(
+        name="engine_fleet_oldest_probe_age_seconds",
+        kind="gauge",
+        help="Age in seconds of the oldest health probe among running engines that have one"
         f" (0 when none).{_CENSUS}",
-        ("product",),
-        fleet_data=True,
-        product_samples=_oldest_probe_age,
+        labels=("product",),
+        samples=_oldest_probe_age,
+        refreshed=None,
     ),
-    Family(
-        "engine_fleet_engines_by_version",
-        "gauge",
-        "Engines per engine_version, the metrics.max_versions largest by count; the rest"
+    FleetFamily(
+        name="engine_fleet_engines_by_version",
+        kind="gauge",
+        help="Engines per engine_version, the metrics.max_versions largest by count; the rest"
         f" count as version=other.{_CENSUS}",
-        ("product", "version"),
-        fleet_data=True,
-        product_samples=_engines_by_version,
+        labels=("product", "version"),
+        samples=_engines_by_version,
+        refreshed=None,
     ),
-    Family(
-        "engine_fleet_quota_engines",
-        "gauge",
-        "The product's policy max_engines; absent when its policy sets no positive integer."
-        " Refreshed every {interval} s.",
-        ("product",),
-        fleet_data=True,
-        product_samples=_quota,
+    FleetFamily(
+        name="engine_fleet_quota_engines",
+        kind="gauge",
+        help="The product's policy max_engines; absent when its policy sets no positive integer.",
+        labels=("product",),
+        samples=_quota,
     ),
-    Family(
-        "engine_fleet_exporter_refresh_duration_seconds",
-        "gauge",
-        "Duration in seconds of the last refresh attempt (refreshes run every {interval} s).",
-        (),
-        fleet_data=False,
+    SelfFamily(
+        name="engine_fleet_exporter_refresh_duration_seconds",
+        kind="gauge",
+        help="Duration in seconds of the last refresh attempt.",
+        labels=(),
         samples=_refresh_duration,
+        refreshed=RefreshNote.ASIDE,
     ),
-    Family(
-        "engine_fleet_exporter_last_refresh_success_timestamp_seconds",
-        "gauge",
-        "Unix time in seconds of the last successful refresh (0 before the first).",
-        (),
-        fleet_data=False,
+    SelfFamily(
+        name="engine_fleet_exporter_last_refresh_success_timestamp_seconds",
+        kind="gauge",
+        help="Unix time in seconds of the last successful refresh (0 before the first).",
+        labels=(),
         samples=_last_success,
     ),
-    Family(
-        "engine_fleet_exporter_refresh_errors_total",
-        "counter",
-        f"Failed refreshes by the stage that failed ({_REFRESH_STAGES_OF_A_REFRESH};"
+    SelfFamily(
+        name="engine_fleet_exporter_refresh_errors_total",
+        kind="counter",
+        help=f"Failed refreshes by the stage that failed ({_REFRESH_STAGES_OF_A_REFRESH};"
         f" {RefreshStage.BACKFILL}: a chunk of the audit history).",
-        ("stage",),
-        fleet_data=False,
+        labels=("stage",),
         samples=_refresh_errors,
     ),
-    Family(
-        "engine_fleet_exporter_audit_backfill_progress_ratio",
-        "gauge",
-        "Share of the audit history counted since start, 0..1 (1 once counted); the audit"
+    SelfFamily(
+        name="engine_fleet_exporter_audit_backfill_progress_ratio",
+        kind="gauge",
+        help="Share of the audit history counted since start, 0..1 (1 once counted); the audit"
         " series are absent below 1.",
-        (),
-        fleet_data=False,
+        labels=(),
         samples=_backfill_progress,
     ),
-    Family(
-        "engine_fleet_database_replication_lag_seconds",
-        "gauge",
-        "Seconds the hot standby the exporter reads was behind its primary at the last"
+    SelfFamily(
+        name="engine_fleet_database_replication_lag_seconds",
+        kind="gauge",
+        help="Seconds the hot standby the exporter reads was behind its primary at the last"
         " successful refresh (0 on a primary); above refresh.max_staleness_s the data is stale.",
-        (),
-        fleet_data=False,
+        labels=(),
         samples=_replication_lag,
     ),
-    Family(
-        "engine_fleet_database_up",
-        "gauge",
-        "1 when the last refresh reached the database, else 0.",
-        (),
-        fleet_data=False,
+    SelfFamily(
+        name="engine_fleet_database_up",
+        kind="gauge",
+        help="1 when the last refresh reached the database, else 0.",
+        labels=(),
         samples=_database_up,
     ),
-    Family(
-        "engine_fleet_exporter_build_info",
-        "gauge",
-        "Always 1; the version label carries the exporter version.",
-        ("version",),
-        fleet_data=False,
+    SelfFamily(
+        name="engine_fleet_exporter_build_info",
+        kind="gauge",
+        help="Always 1; the version label carries the exporter version.",
+        labels=("version",),
         samples=_build_info,
     ),
 )
+
+
+FLEET_FAMILIES: tuple[FleetFamily | FleetHistogram, ...] = tuple(
+    f for f in FAMILIES if isinstance(f, FleetFamily | FleetHistogram)
+)
+"""The fleet data families, in catalogue order: dropped once the data is stale."""
+SELF_FAMILIES: tuple[SelfFamily, ...] = tuple(f for f in FAMILIES if isinstance(f, SelfFamily))
+"""The self-metrics, in catalogue order: always served."""
 
 
 def exposed_sample_names() -> frozenset[str]:
@@ -339,10 +389,8 @@ def markdown_table() -> str:
     ]
     for family in FAMILIES:
         labels = ", ".join(family.labels) or "—"
-        meaning = family.help.replace(" Refreshed every {interval} s.", "").replace(
-            " (refreshes run every {interval} s)", ""
-        )
-        scope = "" if family.fleet_data else " Self-metric: always served."
+        meaning = family.help
+        scope = " Self-metric: always served." if isinstance(family, SelfFamily) else ""
         rows.append(f"| `{family.name}` | {family.kind} | {labels} | {meaning}{scope} |")
     rows.extend(selfmetrics.markdown_rows())
     return "\n".join(rows)

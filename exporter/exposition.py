@@ -36,7 +36,18 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from exporter.catalogue import FAMILIES, ExpositionInput, Family, FleetContext, Labels
+from exporter.catalogue import (
+    FAMILIES,
+    FLEET_FAMILIES,
+    SELF_FAMILIES,
+    ExpositionInput,
+    Family,
+    FleetContext,
+    FleetFamily,
+    FleetHistogram,
+    Labels,
+    SelfFamily,
+)
 from exporter.domain import ProductFleet
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -94,26 +105,31 @@ class RenderedExposition:
         return self.text if include_fleet else self.text_self_only
 
 
-def _to_metric(family: Family, data: ExpositionInput) -> Metric:
+def _to_metric(family: SelfFamily, data: ExpositionInput) -> Metric:
     """A self-metric as a prometheus-client family, for prometheus-client to render."""
-    metric_family = _empty_metric(family, data.refresh_interval_s)
-    assert family.samples is not None
-    assert not isinstance(metric_family, HistogramMetricFamily)
+    metric_family = _sample_metric(family, data.refresh_interval_s)
     for label_values, value in family.samples(data):
         metric_family.add_metric(list(label_values), float(value))
     return metric_family
 
 
-def _empty_metric(
-    family: Family, refresh_interval_s: float
-) -> GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily:
-    documentation = family.help.format(interval=f"{refresh_interval_s:g}")
+def _sample_metric(
+    family: FleetFamily | SelfFamily, refresh_interval_s: float
+) -> GaugeMetricFamily | CounterMetricFamily:
+    documentation = family.documentation(refresh_interval_s)
     labels = list(family.labels)
-    if family.kind == "histogram":
-        return HistogramMetricFamily(family.name, documentation, labels=labels)
     if family.kind == "counter":
         return CounterMetricFamily(family.name, documentation, labels=labels)
     return GaugeMetricFamily(family.name, documentation, labels=labels)
+
+
+def _empty_metric(
+    family: Family, refresh_interval_s: float
+) -> GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily:
+    if isinstance(family, FleetHistogram):
+        documentation = family.documentation(refresh_interval_s)
+        return HistogramMetricFamily(family.name, documentation, labels=list(family.labels))
+    return _sample_metric(family, refresh_interval_s)
 
 
 class _Collector(Collector):
@@ -144,13 +160,14 @@ def _label_text(names: Labels, values: Labels) -> str:
     return "{" + ",".join(f'{name}="{_escape_label_value(value)}"' for name, value in pairs) + "}"
 
 
-def product_lines(family: Family, fleet: ProductFleet, context: FleetContext) -> bytes:
+def product_lines(
+    family: FleetFamily | FleetHistogram, fleet: ProductFleet, context: FleetContext
+) -> bytes:
     """One product's sample lines of one fleet family: the same bytes in both formats."""
     lines: list[str] = []
-    if family.kind == "histogram":
-        assert family.product_histograms is not None
+    if isinstance(family, FleetHistogram):
         bucket_names = (*family.labels, "le")
-        for label_values, histogram in family.product_histograms(fleet, context):
+        for label_values, histogram in family.histograms(fleet, context):
             bounds = [floatToGoString(b) for b in histogram.upper_bounds_s]  # type: ignore[no-untyped-call]
             bounds.append("+Inf")
             counts = [*histogram.cumulative_counts[: len(histogram.upper_bounds_s)]]
@@ -162,8 +179,7 @@ def product_lines(family: Family, fleet: ProductFleet, context: FleetContext) ->
             lines.append(f"{family.name}_count{labels} {floatToGoString(histogram.count)}\n")  # type: ignore[no-untyped-call]
             lines.append(f"{family.name}_sum{labels} {floatToGoString(histogram.sum_s)}\n")  # type: ignore[no-untyped-call]
     else:
-        assert family.product_samples is not None
-        for label_values, value in family.product_samples(fleet, context):
+        for label_values, value in family.samples(fleet, context):
             labels = _label_text(family.labels, label_values)
             lines.append(f"{family.name}{labels} {floatToGoString(value)}\n")  # type: ignore[no-untyped-call]
     return "".join(lines).encode()
@@ -212,7 +228,6 @@ class ExpositionRenderer:
 
     def __init__(self, segment_products: int = GZIP_SEGMENT_PRODUCTS) -> None:
         self._segment_products = segment_products
-        self._fleet_families = tuple(f for f in FAMILIES if f.fleet_data)
         self._context: FleetContext | None = None
         self._products: dict[str, _ProductEntry] = {}
         self._headers: dict[tuple[str, float], tuple[bytes, bytes]] = {}
@@ -225,9 +240,7 @@ class ExpositionRenderer:
     def render(self, data: ExpositionInput) -> RenderedExposition:
         self.last_rendered = self.last_compressed_bytes = 0
         segments: dict[tuple[bytes, ...], bytes] = {}
-        self_metrics = {
-            f.name: _both_formats(_to_metric(f, data)) for f in FAMILIES if not f.fleet_data
-        }
+        self_metrics = {f.name: _both_formats(_to_metric(f, data)) for f in SELF_FAMILIES}
         text_self, openmetrics_self = self._assemble(data, self_metrics, None, segments)
         if data.snapshot is None:
             text, openmetrics = text_self, openmetrics_self
@@ -250,7 +263,7 @@ class ExpositionRenderer:
             product_id = fleet.product.product_id
             entry = previous.get(product_id)
             if entry is None or (entry.fleet is not fleet and entry.fleet != fleet):
-                lines = tuple(product_lines(f, fleet, context) for f in self._fleet_families)
+                lines = tuple(product_lines(f, fleet, context) for f in FLEET_FAMILIES)
                 entry = _ProductEntry(fleet, lines)
                 self.last_rendered += 1
             current[product_id] = entry
@@ -258,7 +271,9 @@ class ExpositionRenderer:
         self._products = current
         return entries
 
-    def _header(self, family: Family, refresh_interval_s: float) -> tuple[bytes, bytes]:
+    def _header(
+        self, family: FleetFamily | FleetHistogram, refresh_interval_s: float
+    ) -> tuple[bytes, bytes]:
         key = (family.name, refresh_interval_s)
         header = self._headers.get(key)
         if header is None:
@@ -277,7 +292,7 @@ class ExpositionRenderer:
         text, openmetrics = _Assembly(), _Assembly()
         fleet_index = 0
         for family in FAMILIES:
-            if not family.fleet_data:
+            if isinstance(family, SelfFamily):
                 for assembly, rendered in zip(
                     (text, openmetrics), self_metrics[family.name], strict=True
                 ):

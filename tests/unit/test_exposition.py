@@ -28,7 +28,14 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from exporter.catalogue import FAMILIES, ExpositionInput, Family
+from exporter.catalogue import (
+    FAMILIES,
+    ExpositionInput,
+    Family,
+    FleetFamily,
+    FleetHistogram,
+    SelfFamily,
+)
 from exporter.domain import (
     DOCUMENTED_ACTIONS,
     ENGINE_STATES,
@@ -50,7 +57,7 @@ CATEGORIES = ActionCategories(("provision",), ("destroy",), ("health_failed",), 
 
 
 def _reference_metric(family: Family, data: ExpositionInput) -> Metric:
-    documentation = family.help.format(interval=f"{data.refresh_interval_s:g}")
+    documentation = family.documentation(data.refresh_interval_s)
     labels = list(family.labels)
     fleets = (
         sorted(data.snapshot.fleets.values(), key=lambda f: f.product.slug)
@@ -58,11 +65,10 @@ def _reference_metric(family: Family, data: ExpositionInput) -> Metric:
         else []
     )
     context = data.fleet_context
-    if family.kind == "histogram":
-        assert family.product_histograms is not None
+    if isinstance(family, FleetHistogram):
         histograms = HistogramMetricFamily(family.name, documentation, labels=labels)
         for fleet in fleets:
-            for label_values, histogram in family.product_histograms(fleet, context):
+            for label_values, histogram in family.histograms(fleet, context):
                 buckets = [
                     (floatToGoString(bound), float(count))  # type: ignore[no-untyped-call]
                     for bound, count in zip(
@@ -77,11 +83,9 @@ def _reference_metric(family: Family, data: ExpositionInput) -> Metric:
         metric = CounterMetricFamily(family.name, documentation, labels=labels)
     else:
         metric = GaugeMetricFamily(family.name, documentation, labels=labels)
-    if family.fleet_data:
-        assert family.product_samples is not None
-        samples = [s for fleet in fleets for s in family.product_samples(fleet, context)]
+    if isinstance(family, FleetFamily):
+        samples = [s for fleet in fleets for s in family.samples(fleet, context)]
     else:
-        assert family.samples is not None
         samples = list(family.samples(data))
     for label_values, value in samples:
         metric.add_metric(list(label_values), float(value))
@@ -95,7 +99,7 @@ class _ReferenceCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         for family in FAMILIES:
-            if family.fleet_data and not self._include_fleet:
+            if not isinstance(family, SelfFamily) and not self._include_fleet:
                 continue
             yield _reference_metric(family, self._data)
 
