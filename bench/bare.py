@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -35,10 +36,18 @@ def build_app(manifest: dict[str, dict[str, str]]) -> web.Application:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--cert", type=Path, help="serve TLS with this certificate (PEM)")
+    parser.add_argument("--key", type=Path, help="and this private key (PEM)")
     parser.add_argument("manifest", type=Path)
     args = parser.parse_args()
     manifest = json.loads(args.manifest.read_text())
-    web.run_app(build_app(manifest), host="127.0.0.1", port=args.port, print=None)
+    context = None
+    if args.cert is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.cert, args.key)
+    web.run_app(
+        build_app(manifest), host="127.0.0.1", port=args.port, print=None, ssl_context=context
+    )
 
 
 if __name__ == "__main__":

@@ -85,11 +85,13 @@ def start_exporter(
     refresh: dict[str, float] | None = None,
     log: dict[str, str] | None = None,
     package_root: Path | None = None,
+    web_config: Path | None = None,
 ) -> tuple[ManagedProcess, str]:
     """``fleet-exporter serve`` on a free port, with a config written for it; (process, base).
 
     ``refresh`` and ``log`` add settings to those sections; ``package_root`` runs the copy of
-    the ``exporter`` package found there instead of this tree's."""
+    the ``exporter`` package found there instead of this tree's; ``web_config`` is its web
+    configuration file (with TLS in it, the base is https)."""
     port = free_port()
     config = {
         "database": {
@@ -106,6 +108,8 @@ def start_exporter(
         },
         "log": {"level": "info", "format": "text", **(log or {})},
     }
+    if web_config is not None:
+        config["web"] = {"config_file": str(web_config)}
     config_path = workdir / f"exporter-{port}.yaml"
     config_path.write_text(yaml.safe_dump(config))
     process = ManagedProcess(
@@ -115,11 +119,15 @@ def start_exporter(
         env={"PYTHONPATH": str(package_root)} if package_root else None,
         cwd=package_root,
     )
-    return process, f"http://127.0.0.1:{port}"
+    scheme = "https" if web_config is not None else "http"
+    return process, f"{scheme}://127.0.0.1:{port}"
 
 
-def start_bare(workdir: Path, bodies: dict[str, tuple[bytes, str]]) -> tuple[ManagedProcess, str]:
-    """The bare aiohttp baseline serving ``path -> (body, content type)``; (process, base)."""
+def start_bare(
+    workdir: Path, bodies: dict[str, tuple[bytes, str]], tls: tuple[Path, Path] | None = None
+) -> tuple[ManagedProcess, str]:
+    """The bare aiohttp baseline serving ``path -> (body, content type)``, over TLS with
+    ``tls`` (certificate, key); (process, base)."""
     port = free_port()
     manifest: dict[str, dict[str, str]] = {}
     for index, (path, (body, content_type)) in enumerate(bodies.items()):
@@ -128,10 +136,11 @@ def start_bare(workdir: Path, bodies: dict[str, tuple[bytes, str]]) -> tuple[Man
         manifest[path] = {"file": str(body_path), "content_type": content_type}
     manifest_path = workdir / f"bare-{port}.json"
     manifest_path.write_text(json.dumps(manifest))
+    command = [sys.executable, "-m", "bench.bare", "--port", str(port), str(manifest_path)]
+    if tls is not None:
+        command += ["--cert", str(tls[0]), "--key", str(tls[1])]
     process = ManagedProcess(
-        "bare aiohttp",
-        [sys.executable, "-m", "bench.bare", "--port", str(port), str(manifest_path)],
-        workdir / f"bare-{port}.log",
-        env={"PYTHONPATH": str(REPO_ROOT)},
+        "bare aiohttp", command, workdir / f"bare-{port}.log", env={"PYTHONPATH": str(REPO_ROOT)}
     )
-    return process, f"http://127.0.0.1:{port}"
+    scheme = "https" if tls is not None else "http"
+    return process, f"{scheme}://127.0.0.1:{port}"

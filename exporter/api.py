@@ -228,15 +228,15 @@ async def prometheus(request: web.Request) -> web.Response:
     body = published.exposition.body(
         openmetrics=openmetrics, include_fleet=not published.is_stale(refresher.now())
     )
-    plain, gzipped = body.with_tail(request.app[LIVE_METRICS].render(openmetrics=openmetrics))
+    gzipped = accepts_gzip(request.headers.get("Accept-Encoding", ""))
+    answer = request.app[LIVE_METRICS].answer(body, openmetrics=openmetrics, gzipped=gzipped)
     headers = {
         "Content-Type": OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE,
         "Vary": "Accept, Accept-Encoding",
     }
-    if accepts_gzip(request.headers.get("Accept-Encoding", "")):
+    if gzipped:
         headers["Content-Encoding"] = "gzip"
-        return web.Response(body=gzipped, headers=headers)
-    return web.Response(body=plain, headers=headers)
+    return web.Response(body=answer, headers=headers)
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -126,15 +126,20 @@ class EdgeProtocol(RequestHandler):
     def __init__(self, edge: EdgeServer, **kwargs: Any) -> None:
         super().__init__(edge, **kwargs)
         self._edge = edge
+        self._head_started: float | None = None
+        """When the request head now arriving began (or the connection opened); None
+        between heads."""
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_tail = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self._arm_head_timer()
+        self._head_begins()
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        self._disarm_head_timer()
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -143,29 +148,36 @@ class EdgeProtocol(RequestHandler):
         super().data_received(data)
 
     def _track_head(self, data: bytes) -> None:
-        """Arm the timer when a head starts, disarm it when its blank line arrives."""
-        if self._head_timer is None:
-            self._arm_head_timer()
+        """Note when a head starts and when its blank line arrives."""
+        if self._head_started is None:
+            self._head_begins()
         seen = self._head_tail + data
         end = max(seen.rfind(b"\r\n\r\n") + 4, seen.rfind(b"\n\n") + 2)
         if end >= 2:
-            self._disarm_head_timer()
+            self._head_started = None
             if end < len(seen):
-                self._arm_head_timer()
+                self._head_begins()
         self._head_tail = seen[-3:]
 
-    def _arm_head_timer(self) -> None:
-        self._disarm_head_timer()
+    def _head_begins(self) -> None:
+        """One timer per connection, moved only when it fires early (as aiohttp's own
+        keep-alive timer is): no timer is made and cancelled for every request."""
         loop = asyncio.get_running_loop()
-        self._head_timer = loop.call_later(self._edge.listen.header_timeout_s, self._head_expired)
+        self._head_started = loop.time()
+        if self._head_timer is None:
+            self._head_timer = loop.call_at(
+                self._head_started + self._edge.listen.header_timeout_s, self._head_check
+            )
 
-    def _disarm_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
-    def _head_expired(self) -> None:
+    def _head_check(self) -> None:
         self._head_timer = None
+        if self._head_started is None:
+            return
+        deadline = self._head_started + self._edge.listen.header_timeout_s
+        loop = asyncio.get_running_loop()
+        if loop.time() < deadline:
+            self._head_timer = loop.call_at(deadline, self._head_check)
+            return
         self._edge.note("request_head_timeout", "HeaderTimeout")
         self.force_close()
 

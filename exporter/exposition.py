@@ -79,15 +79,19 @@ class Body:
     """CRC-32 of ``open_plain``, for a trailer over more bytes appended to it."""
     closing: bytes
 
-    def with_tail(self, tail: bytes) -> tuple[bytes, bytes]:
-        """(plain, gzipped) with ``tail`` before the closing line: what a scrape appends
-        costs compressing and checksumming the tail alone."""
+    def plain_with(self, tail: bytes) -> bytes:
+        """The body with ``tail`` before the closing line."""
+        return b"".join((self.open_plain, tail, self.closing))
+
+    def gzipped_with(self, tail: bytes) -> bytes:
+        """``plain_with(tail)`` gzipped: only the tail is compressed and checksummed, after
+        the stored segments and from their CRC."""
         end = tail + self.closing
-        plain = self.open_plain + end
         compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
         deflated = compressor.compress(end) + compressor.flush(zlib.Z_FINISH)
-        trailer = struct.pack("<II", zlib.crc32(end, self.open_crc), len(plain) & 0xFFFFFFFF)
-        return plain, b"".join((self.open_gzipped, deflated, trailer))
+        size = len(self.open_plain) + len(end)
+        trailer = struct.pack("<II", zlib.crc32(end, self.open_crc), size & 0xFFFFFFFF)
+        return b"".join((self.open_gzipped, deflated, trailer))
 
 
 @dataclass(frozen=True, slots=True)

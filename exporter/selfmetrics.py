@@ -13,6 +13,7 @@ import bisect
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -22,6 +23,9 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
+
+if TYPE_CHECKING:
+    from exporter.exposition import Body
 
 HANDLERS = (
     "engines",
@@ -172,6 +176,20 @@ class LiveMetrics:
         self._max_age_s = max_age_s
         self._clock = clock
         self._rendered: dict[bool, tuple[float, bytes]] = {}
+        self._answers: dict[tuple[bool, bool], tuple[Body, bytes, bytes]] = {}
+
+    def answer(self, body: Body, *, openmetrics: bool, gzipped: bool) -> bytes:
+        """``body`` with the live families appended (gzipped if asked). While neither the
+        pre-rendered body nor the live part has changed, the same bytes are handed out
+        again: a flood of scrapes costs no copy and no compression."""
+        tail = self.render(openmetrics=openmetrics)
+        key = (openmetrics, gzipped)
+        last = self._answers.get(key)
+        if last is not None and last[0] is body and last[1] is tail:
+            return last[2]
+        answer = body.gzipped_with(tail) if gzipped else body.plain_with(tail)
+        self._answers[key] = (body, tail, answer)
+        return answer
 
     def render(self, *, openmetrics: bool) -> bytes:
         """The live families in one format (OpenMetrics without its ``# EOF``)."""
@@ -195,3 +213,18 @@ def markdown_rows() -> list[str]:
         f"{family.help.rstrip('.')}. Self-metric: always served, rendered per scrape. |"
         for family in LIVE_FAMILIES
     ]
+
+
+_LIVE_SAMPLE_PREFIXES = tuple(
+    family.name.removesuffix("_total").encode() for family in LIVE_FAMILIES
+)
+
+
+def without_live(exposition: bytes) -> bytes:
+    """The exposition without the live families' sample lines, which move between two
+    scrapes: what two scrapes of one snapshot have in common."""
+    return b"".join(
+        line
+        for line in exposition.splitlines(keepends=True)
+        if not line.startswith(_LIVE_SAMPLE_PREFIXES)
+    )

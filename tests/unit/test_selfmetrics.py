@@ -64,7 +64,7 @@ def test_a_tail_appended_to_a_rendered_body_is_valid_plain_and_gzipped(openmetri
     live.http.observe("prometheus", 200, 0.002)
     tail = live.render(openmetrics=openmetrics)
 
-    plain, gzipped = body.with_tail(tail)
+    plain, gzipped = body.plain_with(tail), body.gzipped_with(tail)
 
     assert gzip.decompress(gzipped) == plain
     assert plain.startswith(body.open_plain)
@@ -77,3 +77,18 @@ def test_a_tail_appended_to_a_rendered_body_is_valid_plain_and_gzipped(openmetri
         names = {family.name for family in parse_text(plain.decode())}
     assert {"engine_fleet_engines", "engine_fleet_exporter_http_requests", "python_info"} <= names
     assert gzip.decompress(body.gzipped) == body.plain
+
+
+def test_an_unchanged_body_and_live_part_give_the_very_same_answer() -> None:
+    now = [0.0]
+    live = LiveMetrics(max_age_s=1.0, clock=lambda: now[0])
+    rendered = ExpositionRenderer().render(golden_input())
+    body = rendered.body(openmetrics=False, include_fleet=True)
+    first = live.answer(body, openmetrics=False, gzipped=True)
+    assert live.answer(body, openmetrics=False, gzipped=True) is first
+    assert gzip.decompress(first) == live.answer(body, openmetrics=False, gzipped=False)
+    live.http.observe("prometheus", 200, 0.001)
+    now[0] = 1.0
+    fresh = live.answer(body, openmetrics=False, gzipped=True)
+    assert fresh is not first
+    assert b'handler="prometheus"' in gzip.decompress(fresh)

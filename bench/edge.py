@@ -1,0 +1,168 @@
+"""``python -m bench.edge``: what the hardened HTTP edge costs on the snapshot endpoints.
+
+One fleet is generated in a throwaway PostgreSQL; ``fleet-exporter serve`` answers
+``/prometheus``, ``/status`` and ``/metrics``, each side by side with a bare aiohttp process
+serving the very same bytes, in interleaved A/B pairs (``bench.pairs``), first in plain HTTP,
+then both over TLS (the exporter by its web configuration file, the bare server with the same
+certificate), loaded by wrk with keep-alive connections. The table is printed and, unless
+``--no-append``, added to ``bench/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import ssl
+import tempfile
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+
+import trustme
+import yaml
+
+from bench.generate import Scale, bench_key, generate
+from bench.load import LoadResult, ensure_wrk, run_load, tool_name
+from bench.pairs import PairedRatio, paired_ratio, run_interleaved
+from bench.processes import ManagedProcess, start_bare, start_exporter, wait_for
+from bench.report import machine
+from exporter.loopback import http_get
+from exporter.pgcluster import EmbeddedPostgres, apply_schema
+
+SCALE = Scale(100_000, 200_000, 20)
+CONNECTIONS = 16
+LOAD_SECONDS = 2
+PATHS = ("/prometheus", "/status", "/metrics")
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def _fetch(url: str, headers: dict[str, str]) -> tuple[bytes, str]:
+    status, answer_headers, body = http_get(url, headers)
+    if status != 200:
+        raise RuntimeError(f"{url}: {status} {body[:300]!r}")
+    return body, answer_headers["Content-Type"]
+
+
+def _compare(
+    wrk: str | None, base: str, bare_base: str, key: dict[str, str]
+) -> dict[str, PairedRatio[LoadResult]]:
+    def load(url: str, headers: dict[str, str] | None) -> LoadResult:
+        return run_load(wrk, url, seconds=LOAD_SECONDS, connections=CONNECTIONS, headers=headers)
+
+    figures = {}
+    for path in PATHS:
+        headers = key if path != "/prometheus" else None
+        ours, bare = run_interleaved(
+            functools.partial(load, f"{base}{path}", headers),
+            functools.partial(load, f"{bare_base}{path}", None),
+        )
+        figures[path] = paired_ratio(ours, bare, lambda result: result.rps)
+        print(f"{base}{path}: {figures[path].text()}", flush=True)
+    return figures
+
+
+def _certificate(workdir: Path) -> tuple[Path, Path]:
+    """A trustme certificate for 127.0.0.1, trusted by this process's urllib from now on
+    (the readiness checks and the fetched bodies go through it; wrk does not verify)."""
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1")
+    cert, key = workdir / "server.crt", workdir / "server.key"
+    issued.cert_chain_pems[0].write_to_path(cert)
+    issued.private_key_pem.write_to_path(key)
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    urllib.request.install_opener(
+        urllib.request.build_opener(urllib.request.HTTPSHandler(context=context))
+    )
+    return cert, key
+
+
+def _measure(
+    workdir: Path, dsn: str, wrk: str | None, *, tls: bool
+) -> dict[str, PairedRatio[LoadResult]]:
+    web_config = certificate = None
+    if tls:
+        certificate = _certificate(workdir)
+        web_config = workdir / "web.yml"
+        cert, key_file = (str(path) for path in certificate)
+        web_config.write_text(
+            yaml.safe_dump({"tls_server_config": {"cert_file": cert, "key_file": key_file}})
+        )
+    exporter, base = start_exporter(
+        workdir, dsn, interval_s=3600, max_staleness_s=7200, web_config=web_config
+    )
+    bare: ManagedProcess | None = None
+    key = {"X-Platform-Key": bench_key(1)}
+    try:
+        exporter.wait_http(f"{base}/readyz", timeout_s=600)
+        wait_for(
+            lambda: http_get(f"{base}/metrics", key)[0] == 200,
+            timeout_s=600,
+            what="the audit history to be counted and published",
+        )
+        bodies = {"/prometheus": _fetch(f"{base}/prometheus", {})}
+        for path in ("/status", "/metrics"):
+            bodies[path] = _fetch(f"{base}{path}", key)
+        bare, bare_base = start_bare(workdir, bodies, certificate)
+        bare.wait_http(f"{bare_base}/prometheus", timeout_s=30)
+        return _compare(wrk, base, bare_base, key)
+    finally:
+        if bare is not None:
+            bare.stop()
+        exporter.stop()
+
+
+def _table(
+    plain: dict[str, PairedRatio[LoadResult]], tls: dict[str, PairedRatio[LoadResult]]
+) -> str:
+    rows = [
+        "| endpoint | exporter req/s | bare aiohttp req/s | ratio (median of 7 pairs, min-max) "
+        "| TLS: exporter req/s | TLS: bare req/s | TLS ratio (min-max) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for path in PATHS:
+        cells = [f"`{path}`"]
+        for figures in (plain, tls):
+            ours, bare = figures[path].median_pair
+            cells += [f"{ours.rps:,.0f}", f"{bare.rps:,.0f}", figures[path].text()]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--no-append", action="store_true", help="print only")
+    args = parser.parse_args(argv)
+    wrk = ensure_wrk()
+    with tempfile.TemporaryDirectory(prefix="bench-edge-") as temp, EmbeddedPostgres() as cluster:
+        workdir = Path(temp)
+        dsn = cluster.create_database("bench_edge")
+        apply_schema(dsn)
+        generate(dsn, SCALE)
+        plain = _measure(workdir, dsn, wrk, tls=False)
+        # TLS second: its certificate is trusted by urllib from then on.
+        tls = _measure(workdir, dsn, wrk, tls=True)
+    table = _table(plain, tls)
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    section = "\n".join(
+        [
+            "",
+            f"## HTTP edge: snapshot endpoints against bare aiohttp, plain and TLS ({when})",
+            "",
+            f"Machine: {machine()}. Load: {tool_name(wrk)}, {CONNECTIONS} keep-alive"
+            f" connections, {LOAD_SECONDS} s per run, 7 interleaved pairs per comparison."
+            f" Fleet: {SCALE.label}. Command: `python -m bench.edge`.",
+            "",
+            table,
+            "",
+        ]
+    )
+    print(section)
+    if not args.no_append:
+        with RESULTS.open("a", encoding="utf-8") as results:
+            results.write(section)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
