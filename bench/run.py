@@ -594,7 +594,7 @@ def _postgres_version(cluster: EmbeddedPostgres) -> str:
 
 
 def _details(
-    mode: str, started: float, argv: list[str] | None, cluster_version: str
+    mode: str, started: float, argv: list[str] | None, cluster_version: str, load_before: str
 ) -> list[tuple[str, str]]:
     command = shlex.join(["python", "-m", "bench.run", *(argv or sys.argv[1:])])
     return [
@@ -605,6 +605,11 @@ def _details(
             "versions",
             f"PostgreSQL {cluster_version}, Python {platform.python_version()}, "
             f"aiohttp {aiohttp.__version__}, engine-fleet-exporter {__version__}",
+        ),
+        (
+            "machine load",
+            f"1-minute load average {load_before} before, {_load_average()} after, on"
+            f" {os.cpu_count()} cores (above the core count, other work shared them)",
         ),
     ]
 
@@ -629,15 +634,8 @@ def run_census_only(scale: Scale, argv: list[str] | None, *, append: bool) -> in
         cost = measure_census_cost(dsn, scale)
     table = render_table(census_rows(short(scale), cost, statement_name))
     print(table)
-    details = _details("census only", started, argv, postgres_version)
+    details = _details("census only", started, argv, postgres_version, load_before)
     details.append(("pairs", f"{PAIRS} interleaved pairs, each refresh after 1,000 new audit rows"))
-    details.append(
-        (
-            "machine load",
-            f"1-minute load average {load_before} before, {_load_average()} after, on"
-            f" {os.cpu_count()} cores (above the core count, other work shared them)",
-        )
-    )
     if append:
         append_results("engine census run", details, table)
     return 0
@@ -661,6 +659,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     wrk = ensure_wrk()
     started = time.monotonic()
+    load_before = _load_average()
     results: list[ScaleResult] = []
     with EmbeddedPostgres(durable=False) as cluster:
         postgres_version = _postgres_version(cluster)
@@ -672,7 +671,7 @@ def main(argv: list[str] | None = None) -> int:
     table = render_table(build_rows(plan, results))
     print(table)
     details = [
-        *_details(plan.mode, started, argv, postgres_version),
+        *_details(plan.mode, started, argv, postgres_version, load_before),
         (
             "load tool",
             f"{tool_name(wrk)}, {plan.load_seconds:g} s per run on loopback; side-by-side ratios"
