@@ -169,7 +169,7 @@ async def fleet_metrics(request: web.Request) -> web.Response:
         and not published.is_stale(refresher.now())
     ):
         _authenticate(request, published)
-        raise _backfill_running(refresher, published)
+        raise _backfill_running(published)
     return _snapshot_body(request, published, lambda views: views.metrics)
 
 
@@ -207,9 +207,9 @@ async def _authorize_scrape(request: web.Request, token: str | None) -> None:
     )
 
 
-def _backfill_running(refresher: Refresher, published: Published) -> ApiError:
+def _backfill_running(published: Published) -> ApiError:
     """The answer while the audit history is being counted: a partial count is no total."""
-    percent = math.floor(refresher.audit.progress * 1000) / 10
+    percent = math.floor(published.audit_progress * 1000) / 10
     retry_after = max(1, math.ceil(published.next_refresh_unix - time.time()))
     return ApiError(
         503,
@@ -250,12 +250,11 @@ async def readyz(request: web.Request) -> web.Response:
         raise ApiError(503, "FLEET_DATA_UNAVAILABLE", "Not ready: no refresh has succeeded yet.")
     if published.is_stale(refresher.now()):
         raise ApiError(503, "FLEET_DATA_STALE", "Not ready: fleet data is stale.")
-    audit = refresher.audit
     return web.json_response(
         {
             "status": "ready",
-            "audit": "counted" if audit.counted else "backfilling",
-            "audit_progress": round(audit.progress, 4),
+            "audit": "counted" if published.audit_counted else "backfilling",
+            "audit_progress": round(published.audit_progress, 4),
         }
     )
 

@@ -62,6 +62,14 @@ class Published:
     """The oldest data that may still be served (``refresh.max_staleness_s``)."""
     replication_lag_s: float = 0.0
     """How far behind its primary the data of ``last_success_unix`` already was."""
+    audit_progress: float = 0.0
+    """The share of the audit history counted when this was published (1 once counted):
+    handlers report this, never the counter's live state, so that ``/readyz`` and
+    ``/metrics`` always tell of the same snapshot."""
+
+    @property
+    def audit_counted(self) -> bool:
+        return self.snapshot is not None and self.snapshot.audit_counted
 
     def is_stale(self, now_unix: float) -> bool:
         """True before the first success and once the data is too old to serve: its age is
@@ -363,4 +371,5 @@ class Refresher:
             views=views,
             max_staleness_s=self._settings.refresh.max_staleness_s,
             replication_lag_s=self._replication_lag_s,
+            audit_progress=stats.audit_progress,
         )

@@ -92,6 +92,9 @@ async def test_fleet_state_is_served_at_once_and_audit_figures_only_once_counted
             assert (await client.get("/metrics", headers=headers)).status == 503
             assert not lifecycle_counts(await scrape(client))
     assert chunks == 5
+    counted_but_not_yet_published = await client.get("/readyz")
+    assert (await counted_but_not_yet_published.json())["audit"] == "backfilling"
+    assert (await client.get("/metrics", headers=headers)).status == 503
     assert await refresher.refresh_once()
 
     assert await (await client.get("/readyz")).json() == {
