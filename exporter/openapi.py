@@ -115,6 +115,16 @@ def openapi_document(prometheus_path: str) -> dict[str, Any]:
                 "basicAuth": {"type": "http", "scheme": "basic"},
             },
             "schemas": {
+                "Readiness": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["status", "audit", "audit_progress"],
+                    "properties": {
+                        "status": {"type": "string", "enum": ["ready"]},
+                        "audit": {"type": "string", "enum": ["backfilling", "counted"]},
+                        "audit_progress": {"type": "number", "minimum": 0, "maximum": 1},
+                    },
+                },
                 "Error": {
                     "type": "object",
                     "additionalProperties": False,
@@ -262,7 +272,9 @@ def openapi_document(prometheus_path: str) -> dict[str, Any]:
                         },
                         **_error_responses(
                             e401=_UNKNOWN_KEY,
-                            e503=_NOT_LOADED[:-2] + ", AUDIT_BACKFILL_RUNNING).",
+                            e503=_NOT_LOADED[:-2] + ", AUDIT_BACKFILL_RUNNING: the audit history"
+                            " present at start is still being counted, with Retry-After and the"
+                            " progress in the message).",
                         ),
                     },
                 }
@@ -283,10 +295,11 @@ def openapi_document(prometheus_path: str) -> dict[str, Any]:
                 "get": {
                     "summary": "Readiness: a refresh succeeded and the data is fresh.",
                     "responses": {
-                        "200": {
-                            "description": "Ready.",
-                            "content": {"application/json": {"schema": {"type": "object"}}},
-                        },
+                        "200": _json(
+                            "Readiness",
+                            "Ready: fleet state is fresh; the body says whether the audit"
+                            " history is counted yet.",
+                        ),
                         **_error_responses(
                             e503="Not ready (FLEET_DATA_UNAVAILABLE, FLEET_DATA_STALE)."
                         ),

@@ -556,6 +556,7 @@ async def test_openapi_document_is_valid_and_describes_the_real_answers(
     check("EngineList", await (await client.get("/engines", headers=headers)).json())
     check("Status", await (await client.get("/status", headers=headers)).json())
     check("Metrics", await (await client.get("/metrics", headers=headers)).json())
+    check("Readiness", await (await client.get("/readyz")).json())
     check("Error", await (await client.get("/engines?limit=0", headers=headers)).json())
     check("Error", await (await client.get("/status")).json())
     documented = set(document["paths"])
