@@ -84,16 +84,18 @@ def start_exporter(
     pool_max: int = 4,
     refresh: dict[str, float] | None = None,
     log: dict[str, str] | None = None,
+    state: dict[str, object] | None = None,
     package_root: Path | None = None,
     web_config: Path | None = None,
 ) -> tuple[ManagedProcess, str]:
     """``fleet-exporter serve`` on a free port, with a config written for it; (process, base).
 
-    ``refresh`` and ``log`` add settings to those sections; ``package_root`` runs the copy of
-    the ``exporter`` package found there instead of this tree's; ``web_config`` is its web
-    configuration file (with TLS in it, the base is https)."""
+    ``refresh`` and ``log`` add settings to those sections, ``state`` is the state section;
+    ``package_root`` runs the copy of the ``exporter`` package found there instead of this
+    tree's; ``web_config`` is its web configuration file (with TLS in it, the base is
+    https)."""
     port = free_port()
-    config = {
+    config: dict[str, dict[str, object]] = {
         "database": {
             "dsn": dsn,
             "pool_max": pool_max,
@@ -110,6 +112,8 @@ def start_exporter(
     }
     if web_config is not None:
         config["web"] = {"config_file": str(web_config)}
+    if state is not None:
+        config["state"] = state
     config_path = workdir / f"exporter-{port}.yaml"
     config_path.write_text(yaml.safe_dump(config))
     process = ManagedProcess(

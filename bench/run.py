@@ -13,7 +13,9 @@ For each scale a database is generated in a throwaway PostgreSQL (``bench.genera
 * at the main scale, ``/engines`` is paged at growing offsets and by keyset cursor on the
   largest product, and query-exporter (``bench.peer``) is measured on the same database.
 
-``--quick`` runs the same steps on small scales in a few minutes. The table is printed and,
+``--quick`` runs the same steps on small scales in a few minutes; ``--startup-only`` measures
+start-up and a checkpoint restart against the single-statement pass at the sizes of
+``--startup-rows`` (``bench.startup``). The table is printed and,
 unless ``--no-append``, added to ``bench/RESULTS.md`` with the machine, versions and command.
 """
 
@@ -44,6 +46,7 @@ from bench.load import LoadResult, ensure_wrk, run_load, tool_name
 from bench.pairs import PAIRS, PairedRatio, paired_ratio, run_interleaved
 from bench.processes import ManagedProcess, start_bare, start_exporter, wait_for
 from bench.report import Row, append_results, machine, render_table
+from bench.startup import StartupResult, measure_startup, startup_rows
 from exporter import __version__, queries
 from exporter.config import settings_from_mapping
 from exporter.db import Database, Statement
@@ -641,6 +644,40 @@ def run_census_only(scale: Scale, argv: list[str] | None, *, append: bool) -> in
     return 0
 
 
+def run_startup_only(rows: list[int], argv: list[str] | None, *, append: bool) -> int:
+    """``--startup-only``: start-up against the single-statement pass, one size after another."""
+    started = time.monotonic()
+    load_before = _load_average()
+    workdir = OUT_DIR / datetime.now(UTC).strftime("startup-%Y%m%dT%H%M%S")
+    workdir.mkdir(parents=True, exist_ok=True)
+    results: list[StartupResult] = []
+    with EmbeddedPostgres(durable=False) as cluster:
+        postgres_version = _postgres_version(cluster)
+        for size in rows:
+            dbname = f"bench_startup_{size}"
+            dsn = cluster.create_database(dbname)
+            apply_schema(dsn, indexes=False)
+            _say(f"[{time.monotonic() - started:5.0f} s] start-up at {size:,} audit rows")
+            results.append(measure_startup(workdir, dsn, size))
+            _drop_database(cluster, dbname)
+    table = render_table(startup_rows(results))
+    print(table)
+    details = _details("start-up only", started, argv, postgres_version)
+    details.append(
+        ("data generation", ", ".join(f"{r.rows:,} rows {r.generate_s:.0f} s" for r in results))
+    )
+    details.append(
+        (
+            "machine load",
+            f"1-minute load average {load_before} before, {_load_average()} after, on"
+            f" {os.cpu_count()} cores (above the core count, other work shared them)",
+        )
+    )
+    if append:
+        append_results("start-up run", details, table)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small scales, a few minutes")
@@ -651,7 +688,20 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only the engine census against the plain count, at 1M engines",
     )
+    parser.add_argument(
+        "--startup-only",
+        action="store_true",
+        help="only start-up and restart against the single-statement pass (--startup-rows)",
+    )
+    parser.add_argument(
+        "--startup-rows",
+        default="10000000,100000000",
+        help="audit-log sizes for --startup-only, comma-separated (default 10M and 100M)",
+    )
     args = parser.parse_args(argv)
+    if args.startup_only:
+        sizes = [int(size) for size in args.startup_rows.split(",")]
+        return run_startup_only(sizes, argv, append=not args.no_append)
     plan = QUICK if args.quick else FULL
     if args.census_only:
         return run_census_only(plan.history_reference, argv, append=not args.no_append)
