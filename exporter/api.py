@@ -266,10 +266,10 @@ _LANDING = """<!doctype html>
 <p>Fleet read API and Prometheus metrics for the engine orchestrator.</p>
 <ul>
 <li><a href="{prometheus}">{prometheus}</a> &mdash; Prometheus scrape endpoint</li>
-<li><a href="/engines">/engines</a>, <a href="/status">/status</a>, <a href="/metrics">/metrics</a>
- &mdash; fleet read API (header <code>X-Platform-Key</code>)</li>
-<li><a href="/openapi.json">/openapi.json</a> &mdash; OpenAPI description</li>
-<li><a href="/healthz">/healthz</a>, <a href="/readyz">/readyz</a>
+<li><a href="{engines}">{engines}</a>, <a href="{status}">{status}</a>,
+ <a href="{metrics}">{metrics}</a> &mdash; fleet read API (header <code>X-Platform-Key</code>)</li>
+<li><a href="{openapi}">{openapi}</a> &mdash; OpenAPI description</li>
+<li><a href="{healthz}">{healthz}</a>, <a href="{readyz}">{readyz}</a>
  &mdash; liveness and readiness</li>
 </ul>
 </body></html>
@@ -278,7 +278,9 @@ _LANDING = """<!doctype html>
 
 async def landing(request: web.Request) -> web.Response:
     path = request.app[SETTINGS].prometheus.path
-    return web.Response(text=_LANDING.format(prometheus=path), content_type="text/html")
+    return web.Response(
+        text=_LANDING.format(prometheus=path, **ROUTE_PATHS), content_type="text/html"
+    )
 
 
 async def openapi(request: web.Request) -> web.Response:

@@ -24,21 +24,14 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from exporter.routes import ROUTE_PATHS
+
 if TYPE_CHECKING:
     from exporter.exposition import Body
 
-HANDLERS = (
-    "engines",
-    "status",
-    "metrics",
-    "prometheus",
-    "healthz",
-    "readyz",
-    "landing",
-    "openapi",
-    "other",
-)
-"""Route names; ``other``: unknown paths, wrong methods and requests refused before routing."""
+HANDLERS = (*ROUTE_PATHS, "prometheus", "other")
+"""Route names (``exporter.routes``) and the scrape endpoint; ``other``: unknown paths, wrong
+methods and requests refused before routing."""
 
 DURATION_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LIVE_MAX_AGE_S = 1.0
