@@ -662,16 +662,9 @@ def run_startup_only(rows: list[int], argv: list[str] | None, *, append: bool) -
             _drop_database(cluster, dbname)
     table = render_table(startup_rows(results))
     print(table)
-    details = _details("start-up only", started, argv, postgres_version)
+    details = _details("start-up only", started, argv, postgres_version, load_before)
     details.append(
         ("data generation", ", ".join(f"{r.rows:,} rows {r.generate_s:.0f} s" for r in results))
-    )
-    details.append(
-        (
-            "machine load",
-            f"1-minute load average {load_before} before, {_load_average()} after, on"
-            f" {os.cpu_count()} cores (above the core count, other work shared them)",
-        )
     )
     if append:
         append_results("start-up run", details, table)

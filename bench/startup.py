@@ -19,6 +19,7 @@ Run by ``python -m bench.run --startup-only --startup-rows 2000000,10000000``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 import re
@@ -200,18 +201,20 @@ def _served_start(workdir: Path, dsn: str, scale: Scale) -> ServedStart:
     state: dict[str, object] = {"checkpoint_path": str(checkpoint), "checkpoint_interval_s": 1}
     stop = threading.Event()
     writer = threading.Thread(target=_keep_writing, args=(dsn, scale, stop))
+    start = functools.partial(
+        start_exporter,
+        workdir,
+        dsn,
+        interval_s=INTERVAL_S,
+        refresh={"backfill_statement_s": BACKFILL_STATEMENT_S},
+        log={"level": "debug"},
+        state=state,
+    )
     dbtime.reset(dsn)
     writer.start()
     try:
         started = time.monotonic()
-        process, base = start_exporter(
-            workdir,
-            dsn,
-            interval_s=INTERVAL_S,
-            refresh={"backfill_statement_s": BACKFILL_STATEMENT_S},
-            log={"level": "debug"},
-            state=state,
-        )
+        process, base = start()
         with process:
             status_s = _time_to(base, "/status", started)
             metrics_s = _time_to(base, "/metrics", started)
@@ -224,14 +227,7 @@ def _served_start(workdir: Path, dsn: str, scale: Scale) -> ServedStart:
             log = process.log_path.read_text(errors="replace")
         steady = _steady_refreshes_ms(log)
         restarted_at = time.monotonic()
-        process, base = start_exporter(
-            workdir,
-            dsn,
-            interval_s=INTERVAL_S,
-            refresh={"backfill_statement_s": BACKFILL_STATEMENT_S},
-            log={"level": "debug"},
-            state=state,
-        )
+        process, base = start()
         with process:
             restart_s = _time_to(base, "/metrics", restarted_at)
     finally:
