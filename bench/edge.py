@@ -94,7 +94,7 @@ def _measure(
     bare: ManagedProcess | None = None
     key = {"X-Platform-Key": bench_key(1)}
     try:
-        exporter.wait_http(f"{base}/readyz", timeout_s=600)
+        exporter.wait_counted(base, timeout_s=600)
         wait_for(
             lambda: http_get(f"{base}/metrics", key)[0] == 200,
             timeout_s=600,

@@ -62,6 +62,18 @@ class ManagedProcess(loopback.ManagedProcess):
 
         wait_for(answered, timeout_s=timeout_s, what=f"{self.name} at {url}")
 
+    def wait_counted(self, base: str, *, timeout_s: float) -> None:
+        """Until the exporter at ``base`` is ready with its audit history counted: fleet state
+        is served at once, lifetime figures (``/metrics``, the counters) only after that."""
+
+        def counted() -> bool:
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited:\n{self.log_tail()}")
+            status, _, body = http_get(f"{base}/readyz", timeout_s=5)
+            return status == 200 and json.loads(body).get("audit") == "counted"
+
+        wait_for(counted, timeout_s=timeout_s, what=f"{self.name} to count the audit log")
+
     def __enter__(self) -> ManagedProcess:
         return self
 

@@ -138,7 +138,7 @@ def _run_once(workdir: Path, dsn: str, package_root: Path | None, wrk: str | Non
         package_root=package_root,
     )
     with exporter:
-        exporter.wait_http(f"{base}/readyz", timeout_s=1800)
+        exporter.wait_counted(base, timeout_s=1800)
         settled = len(_wait_refreshes(exporter, 3))
         cpu_before = _cpu_s(exporter.pid)
         window = _wait_refreshes(exporter, settled + QUIET_REFRESHES)[settled:]

@@ -260,7 +260,7 @@ def _measure_served(
     exporter, base = start_exporter(workdir, dsn)
     bare: ManagedProcess | None = None
     try:
-        exporter.wait_http(f"{base}/readyz", timeout_s=1800)
+        exporter.wait_counted(base, timeout_s=1800)
         figures.rss_ready_mb = exporter.rss_mb()
         prometheus, prometheus_type = _fetch(f"{base}/prometheus", {})
         figures.exposition_bytes = len(prometheus)

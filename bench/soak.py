@@ -318,7 +318,7 @@ def soak(seconds: float) -> list[Row]:
         stop = threading.Event()
         threads: list[threading.Thread] = []
         try:
-            exporter.wait_http(f"{base}/readyz", timeout_s=120)
+            exporter.wait_counted(base, timeout_s=120)
             t0 = time.monotonic()
             join_clients = _run_clients(base, t0 + seconds, seen)
             threads = [
