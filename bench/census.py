@@ -59,7 +59,6 @@ def _settings(dsn: str, census_interval_s: float) -> Settings:
             "refresh": {
                 "interval_s": 3600,
                 "max_staleness_s": 7200,
-                "startup_timeout_s": 1800,
                 "engine_census_interval_s": census_interval_s,
             },
         },
@@ -98,8 +97,8 @@ def measure_census_cost(dsn: str, scale: Scale, pairs: int = PAIRS) -> CensusCos
 
     try:
         for target in (with_census, without_census):
-            if not loop.run_until_complete(target.refresh_once()):
-                raise RuntimeError("cold refresh failed; see the log above")
+            if not loop.run_until_complete(target.refresh_until_counted()):
+                raise RuntimeError("cold refresh or backfill failed; see the log above")
         ours, reference = run_interleaved(
             steady(with_census, census=True), steady(without_census, census=False), pairs
         )
