@@ -24,12 +24,14 @@ from tests.support.service import free_port, http_get, poll_until
 KEY = "pk-sept-acme-" + "a" * 40
 
 
-def _config(tmp_path: Path, dsn: str, port: int = 0, **extra: str) -> Path:
+def _config(
+    tmp_path: Path, dsn: str, port: int = 0, *, statement_timeout_s: float = 5, **extra: str
+) -> Path:
     path = tmp_path / "exporter.yaml"
     lines = [
         "database:",
         f"  dsn: {json.dumps(dsn)}",
-        "  statement_timeout_s: 5",
+        f"  statement_timeout_s: {statement_timeout_s:g}",
         "listen:",
         "  host: 127.0.0.1",
         f"  port: {port}",
@@ -150,7 +152,10 @@ def test_serve_finishes_in_flight_requests_and_exits_cleanly_on_sigterm(
     insert_product(fleet_db.dsn, slug="acme", api_key=KEY)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    with _serving(_config(tmp_path, fleet_db.dsn, port), port) as (process, logs):
+    # The blocked statement must outlive the wait for the listener to close, however slow
+    # the machine: a statement timeout would answer it 503 instead.
+    config = _config(tmp_path, fleet_db.dsn, port, statement_timeout_s=60)
+    with _serving(config, port) as (process, logs):
         locker = psycopg2.connect(fleet_db.dsn)
         with locker.cursor() as cursor:
             cursor.execute("LOCK TABLE engines IN ACCESS EXCLUSIVE MODE")
