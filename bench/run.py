@@ -46,7 +46,7 @@ from bench.load import LoadResult, ensure_wrk, run_load, tool_name
 from bench.pairs import PAIRS, PairedRatio, paired_ratio, run_interleaved
 from bench.processes import ManagedProcess, start_bare, start_exporter, wait_for
 from bench.report import Row, append_results, machine, render_table
-from bench.startup import StartupResult, measure_startup, startup_rows
+from bench.startup import StartupResult, measure_startup, startup_rows, startup_scale
 from exporter import __version__, queries
 from exporter.config import settings_from_mapping
 from exporter.db import Database, Statement
@@ -644,28 +644,65 @@ def run_census_only(scale: Scale, argv: list[str] | None, *, append: bool) -> in
     return 0
 
 
-def run_startup_only(rows: list[int], argv: list[str] | None, *, append: bool) -> int:
+@dataclass(frozen=True)
+class StartupOptions:
+    rows: list[int]
+    pairs: int = PAIRS
+    data_dir: Path | None = None
+    """A cluster kept there between runs: data generated once is measured again as is."""
+    prepare_only: bool = False
+
+
+def _startup_database(
+    cluster: EmbeddedPostgres, options: StartupOptions, rows: int
+) -> tuple[str, float | None]:
+    """The database of one start-up size, generated unless the kept cluster holds it; the
+    seconds its generation took (``None`` when it was already there)."""
+    dbname = f"bench_startup_{rows}"
+    marker = None if options.data_dir is None else options.data_dir / f"{dbname}.generated"
+    if marker is not None and marker.is_file():
+        return cluster.dsn(dbname), None
+    _drop_database(cluster, dbname)
+    dsn = cluster.create_database(dbname)
+    apply_schema(dsn, indexes=False)
+    started = time.monotonic()
+    generate(dsn, startup_scale(rows))
+    generate_s = time.monotonic() - started
+    if marker is not None:
+        marker.write_text(f"{rows} audit rows generated in {generate_s:.0f} s\n")
+    return dsn, generate_s
+
+
+def run_startup_only(options: StartupOptions, argv: list[str] | None, *, append: bool) -> int:
     """``--startup-only``: start-up against the single-statement pass, one size after another."""
     started = time.monotonic()
     load_before = _load_average()
     workdir = OUT_DIR / datetime.now(UTC).strftime("startup-%Y%m%dT%H%M%S")
     workdir.mkdir(parents=True, exist_ok=True)
     results: list[StartupResult] = []
-    with EmbeddedPostgres(durable=False) as cluster:
+    generation: list[str] = []
+    with EmbeddedPostgres(durable=False, kept_in=options.data_dir) as cluster:
         postgres_version = _postgres_version(cluster)
-        for size in rows:
-            dbname = f"bench_startup_{size}"
-            dsn = cluster.create_database(dbname)
-            apply_schema(dsn, indexes=False)
+        for size in options.rows:
             _say(f"[{time.monotonic() - started:5.0f} s] start-up at {size:,} audit rows")
-            results.append(measure_startup(workdir, dsn, size))
-            _drop_database(cluster, dbname)
+            dsn, generate_s = _startup_database(cluster, options, size)
+            generation.append(
+                f"{size:,} rows "
+                + ("kept from an earlier run" if generate_s is None else f"{generate_s:.0f} s")
+            )
+            if options.prepare_only:
+                continue
+            results.append(measure_startup(workdir, dsn, size, pairs=options.pairs))
+            if options.data_dir is None:
+                _drop_database(cluster, dbname=f"bench_startup_{size}")
+    if options.prepare_only:
+        _say("data ready: " + ", ".join(generation))
+        return 0
     table = render_table(startup_rows(results))
     print(table)
     details = _details("start-up only", started, argv, postgres_version, load_before)
-    details.append(
-        ("data generation", ", ".join(f"{r.rows:,} rows {r.generate_s:.0f} s" for r in results))
-    )
+    details.append(("data generation", ", ".join(generation)))
+    details.append(("pairs", f"{options.pairs} interleaved pairs of database time"))
     if append:
         append_results("start-up run", details, table)
     return 0
@@ -691,10 +728,35 @@ def main(argv: list[str] | None = None) -> int:
         default="10000000,100000000",
         help="audit-log sizes for --startup-only, comma-separated (default 10M and 100M)",
     )
+    parser.add_argument(
+        "--startup-pairs",
+        type=int,
+        default=PAIRS,
+        help=f"interleaved pairs of database time for --startup-only (default {PAIRS})",
+    )
+    parser.add_argument(
+        "--startup-data",
+        type=Path,
+        help="keep --startup-only's generated data in a cluster in this directory and reuse it",
+    )
+    parser.add_argument(
+        "--startup-prepare",
+        action="store_true",
+        help="with --startup-data: only generate the data of --startup-rows, measure nothing",
+    )
     args = parser.parse_args(argv)
-    if args.startup_only:
-        sizes = [int(size) for size in args.startup_rows.split(",")]
-        return run_startup_only(sizes, argv, append=not args.no_append)
+    if args.startup_prepare and args.startup_data is None:
+        parser.error("--startup-prepare needs --startup-data")
+    if args.startup_pairs < 1:
+        parser.error("--startup-pairs must be at least 1")
+    if args.startup_only or args.startup_prepare:
+        options = StartupOptions(
+            rows=[int(size) for size in args.startup_rows.split(",")],
+            pairs=args.startup_pairs,
+            data_dir=args.startup_data,
+            prepare_only=args.startup_prepare,
+        )
+        return run_startup_only(options, argv, append=not args.no_append)
     plan = QUICK if args.quick else FULL
     if args.census_only:
         return run_census_only(plan.history_reference, argv, append=not args.no_append)

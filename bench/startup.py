@@ -13,7 +13,12 @@ For each audit-log size (generated inside PostgreSQL like the main benchmark, 10
   the first refresh ran them before the backfill existed), in ``PAIRS`` interleaved pairs;
 * **restart with the checkpoint** the served start left behind: seconds to ``/metrics`` 200.
 
-Run by ``python -m bench.run --startup-only --startup-rows 2000000,10000000``.
+Run by ``python -m bench.run --startup-only --startup-rows 2000000,10000000``. At sizes whose
+generation or seven pairs of full passes would take hours, ``--startup-pairs`` takes fewer
+pairs (the table names the count) and ``--startup-data DIR`` keeps the generated databases in a
+cluster in ``DIR``, so a later run measures the same data again without generating it
+(``--startup-prepare`` only generates). Without ``--startup-data`` every run generates its data
+from scratch.
 """
 
 from __future__ import annotations
@@ -31,8 +36,8 @@ from pathlib import Path
 import psycopg2
 
 from bench import dbtime
-from bench.generate import Scale, append_audit_rows, bench_key, generate
-from bench.pairs import PairedRatio, paired_ratio, run_interleaved
+from bench.generate import Scale, append_audit_rows, bench_key
+from bench.pairs import PAIRS, PairedRatio, paired_ratio, run_interleaved
 from bench.processes import start_exporter, wait_for
 from bench.report import Row
 from exporter import queries
@@ -64,7 +69,6 @@ class ServedStart:
 @dataclass(frozen=True)
 class StartupResult:
     rows: int
-    generate_s: float
     served: ServedStart
     db_time: PairedRatio[float]
     counted_exactly: bool
@@ -285,18 +289,21 @@ def _counted_exactly(dsn: str) -> bool:
     return counts == expected
 
 
-def measure_startup(workdir: Path, dsn: str, rows: int) -> StartupResult:
-    scale = Scale(engines=ENGINES, audit_rows=rows, products=PRODUCTS)
-    started = time.monotonic()
-    generate(dsn, scale)
-    generate_s = time.monotonic() - started
+def startup_scale(rows: int) -> Scale:
+    return Scale(engines=ENGINES, audit_rows=rows, products=PRODUCTS)
+
+
+def measure_startup(workdir: Path, dsn: str, rows: int, *, pairs: int = PAIRS) -> StartupResult:
+    """The start-up figures on a database ``generate`` filled at ``startup_scale(rows)``."""
+    scale = startup_scale(rows)
     if not dbtime.available(dsn):
         raise RuntimeError("pg_stat_statements is needed to measure database time")
     served = _served_start(workdir, dsn, scale)
-    backfill, single = run_interleaved(lambda: _backfill_ms(dsn), lambda: _single_pass_ms(dsn))
+    backfill, single = run_interleaved(
+        lambda: _backfill_ms(dsn), lambda: _single_pass_ms(dsn), pairs
+    )
     return StartupResult(
         rows=rows,
-        generate_s=generate_s,
         served=served,
         db_time=paired_ratio(backfill, single, lambda ms: ms),
         counted_exactly=_counted_exactly(dsn),
@@ -331,7 +338,8 @@ def startup_rows(results: list[StartupResult]) -> list[Row]:
             ),
             Row(
                 label,
-                "backfill database time vs single-statement pass",
+                f"backfill database time vs single-statement pass"
+                f" ({len(result.db_time.ratios)} pairs)",
                 f"{ours / 1000:.1f} s",
                 f"{reference / 1000:.1f} s",
                 result.db_time.text(),

@@ -2,7 +2,9 @@
 
 It uses the machine's PostgreSQL binaries, listens on a free loopback port, keeps its data
 in a temporary directory and is always removed: on ``cleanup``, on leaving the ``with``
-block, and at interpreter exit for any cluster still alive. As root, the server binaries
+block, and at interpreter exit for any cluster still alive. Only a cluster given its own
+directory (``kept_in``, for benchmark data too slow to generate twice) outlives its use:
+it is stopped, and started again on that data the next time. As root, the server binaries
 run as the ``postgres`` user (PostgreSQL refuses to run as root).
 """
 
@@ -76,14 +78,17 @@ class EmbeddedPostgres:
         port: int | None = None,
         durable: bool = False,
         standby_of: EmbeddedPostgres | None = None,
+        kept_in: Path | None = None,
     ) -> None:
         """``standby_of``: a streaming hot standby of that running cluster, made from a base
-        backup of it (``pg_basebackup -R``) instead of ``initdb``."""
+        backup of it (``pg_basebackup -R``) instead of ``initdb``. ``kept_in``: the cluster
+        lives in that directory (created on first use) and is never removed."""
         self.port = port or free_port()
         self._primary = standby_of
         self._fixed_port = port is not None
         self._durable = durable
         self._bindir = find_postgres_bindir()
+        self._kept_in = kept_in
         self._root: Path | None = None
         self._running = False
 
@@ -115,11 +120,18 @@ class EmbeddedPostgres:
         return ""
 
     def _initdb(self) -> None:
-        self._root = Path(tempfile.mkdtemp(prefix="fleetpg-"))
+        if self._kept_in is None:
+            self._root = Path(tempfile.mkdtemp(prefix="fleetpg-"))
+        else:
+            self._root = self._kept_in.resolve()
+            self._root.mkdir(parents=True, exist_ok=True)
+            if (self.data_dir / "PG_VERSION").is_file():
+                return
         if os.geteuid() == 0:
             account = pwd.getpwnam("postgres")
             os.chown(self._root, account.pw_uid, account.pw_gid)
-        _LIVE.add(self)
+        if self._kept_in is None:
+            _LIVE.add(self)
         if self._primary is not None:
             self._run(
                 "pg_basebackup",
@@ -211,7 +223,8 @@ class EmbeddedPostgres:
         self._running = False
 
     def cleanup(self) -> None:
-        """Stop the server (immediately if a clean stop fails) and remove its directory."""
+        """Stop the server (immediately if a clean stop fails) and remove its directory,
+        unless it was given one to be kept in."""
         if self._root is None:
             return
         try:
@@ -219,7 +232,8 @@ class EmbeddedPostgres:
         except RuntimeError:
             with contextlib.suppress(RuntimeError):
                 self.stop(mode="immediate")
-        shutil.rmtree(self._root, ignore_errors=True)
+        if self._kept_in is None:
+            shutil.rmtree(self._root, ignore_errors=True)
         self._root = None
         self._running = False
         _LIVE.discard(self)
