@@ -293,6 +293,13 @@ class AuditTally:
         histogram.sum_ms += sum_ms
         histogram.count += rows
 
+    def takes_boot_sample(self, product_id: str, audit_id: int) -> bool:
+        """Whether a boot with id ``audit_id`` or lower could still enter the product's
+        sample: not when it already holds ``boot_sample_size`` boots, all with higher ids
+        (the sample keeps the highest ids it was given)."""
+        sample = self._boot_samples.get(product_id)
+        return sample is None or len(sample) < self._sample_size or sample[0][0] <= audit_id
+
     def add_boot_sample(self, product_id: str, audit_id: int, duration_ms: int) -> None:
         sample = self._boot_samples[product_id]
         bisect.insort(sample, (audit_id, duration_ms))

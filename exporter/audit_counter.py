@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from exporter import queries
@@ -72,6 +73,59 @@ class ChunkRead:
     snapshot: DbSnapshot
     chunk: Chunk
     found: queries.AuditChunk
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkFollowUps:
+    """Which of a chunk's statements after the totals can find anything."""
+
+    missing_ids: bool
+    boot_products: tuple[str, ...]
+    last_hour: bool
+
+
+def chunk_follow_ups(
+    chunk: Chunk,
+    totals: Sequence[queries.AuditTotal],
+    tally: AuditTally,
+    tracked_actions: Collection[str],
+) -> ChunkFollowUps:
+    """What the totals of ``chunk`` leave to read: the missing ids only when fewer rows are
+    visible than the range has ids; the boots only of products that have some in the chunk and
+    whose sample can still take an id this low; the rolling hour's rows only when some are
+    there. Each statement left out would have found nothing that changes the tally."""
+    products = [t for t in totals if t.product_id is not None]
+    return ChunkFollowUps(
+        missing_ids=sum(t.rows for t in totals) < chunk.span,
+        boot_products=tuple(
+            sorted(
+                {
+                    t.product_id
+                    for t in products
+                    if t.product_id is not None
+                    and t.boot_bucket is not None
+                    and tally.takes_boot_sample(t.product_id, chunk.hi)
+                }
+            )
+        ),
+        last_hour=any(t.rows_in_window and t.action in tracked_actions for t in products),
+    )
+
+
+def count_chunk(tally: AuditTally, found: queries.AuditChunk) -> None:
+    """Add what one chunk found to ``tally`` (its missing ids are the tracker's)."""
+    for total in found.totals:
+        if total.product_id is None:
+            continue
+        tally.add_count(total.product_id, total.action, total.rows)
+        if total.boot_bucket is not None:
+            tally.add_boot_bucket(
+                total.product_id, total.boot_bucket, total.rows, total.boot_sum_ms
+            )
+    for product_id, audit_id, duration_ms in found.recent_boots:
+        tally.add_boot_sample(product_id, audit_id, duration_ms)
+    for product_id, action, timestamp in found.last_hour:
+        tally.add_recent(product_id, action, timestamp)
 
 
 class AuditCounter:
@@ -261,16 +315,42 @@ class AuditCounter:
         return None if self._backfill is None else self._backfill.next_chunk()
 
     async def read_chunk(self, tx: Transaction, snapshot: DbSnapshot, chunk: Chunk) -> ChunkRead:
+        """The chunk's totals, then only the statements they show can contribute (all in
+        the chunk's one snapshot). Reads the tally, which changes only under the refresher's
+        lock, held from this read until ``apply_chunk``."""
         await tx.allow_statement_time(self._settings.refresh.backfill_statement_s)
-        found = await queries.fetch_audit_chunk(
+        boot_actions = self._categories.provision
+        since = snapshot.started_at - ROLLING_WINDOW
+        tracked = self._categories.tracked_actions
+        totals = await queries.fetch_audit_chunk_totals(
             tx,
             chunk.lo,
             chunk.hi,
-            boot_actions=self._categories.provision,
+            boot_actions=boot_actions,
             thresholds_ms=self._tally.thresholds_ms,
-            sample_size=self._settings.metrics.boot_sample_size,
-            since=snapshot.started_at - ROLLING_WINDOW,
-            tracked_actions=sorted(self._categories.tracked_actions),
+            since=since,
+        )
+        follow_ups = chunk_follow_ups(chunk, totals, self._tally, tracked)
+        found = queries.AuditChunk(
+            totals=totals,
+            missing=await queries.fetch_audit_chunk_missing_ids(tx, chunk.lo, chunk.hi)
+            if follow_ups.missing_ids
+            else [],
+            recent_boots=await queries.fetch_audit_chunk_recent_boots(
+                tx,
+                chunk.lo,
+                chunk.hi,
+                boot_actions=boot_actions,
+                sample_size=self._settings.metrics.boot_sample_size,
+                product_ids=follow_ups.boot_products,
+            )
+            if follow_ups.boot_products
+            else [],
+            last_hour=await queries.fetch_audit_chunk_last_hour(
+                tx, chunk.lo, chunk.hi, since=since, tracked_actions=sorted(tracked)
+            )
+            if follow_ups.last_hour
+            else [],
         )
         return ChunkRead(snapshot, chunk, found)
 
@@ -278,17 +358,7 @@ class AuditCounter:
         """Count one chunk; its missing ids become gaps, fenced like every other gap."""
         assert self._tracker is not None
         assert self._backfill is not None
-        tally = self._tally
-        for total in read.found.totals:
-            tally.add_count(total.product_id, total.action, total.rows)
-            if total.boot_bucket is not None:
-                tally.add_boot_bucket(
-                    total.product_id, total.boot_bucket, total.rows, total.boot_sum_ms
-                )
-        for product_id, audit_id, duration_ms in read.found.recent_boots:
-            tally.add_boot_sample(product_id, audit_id, duration_ms)
-        for product_id, action, timestamp in read.found.last_hour:
-            tally.add_recent(product_id, action, timestamp)
+        count_chunk(self._tally, read.found)
         self._tracker.add_missing(read.found.missing, read.snapshot.observed_at)
         self._backfill.counted(read.chunk, elapsed_s, self._settings.refresh.backfill_statement_s)
         if self._backfill.done:

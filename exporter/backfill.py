@@ -1,10 +1,12 @@
 """Planning the audit backfill: which id range to count next, and how many ids it spans.
 
 The audit log that existed when the exporter started (ids ``low..high`` of the first
-refresh's snapshot) is counted bottom-up in id ranges ("chunks"), one bounded transaction
-each, between the live refreshes. Pure bookkeeping, no I/O: the counter reads a chunk, then
-reports how long it took (the next span is sized from that speed) or that it failed (the same
-range is tried again, smaller when it ran out of time). Nothing counted is ever planned again.
+refresh's snapshot) is counted newest first, in id ranges ("chunks"), one bounded transaction
+each, between the live refreshes: the rows of the rolling hour and the newest boots lie in the
+first chunks, so the chunks after them need not look for those (``chunk_follow_ups`` in
+``exporter.audit_counter``). Pure bookkeeping, no I/O: the counter reads a chunk, then reports
+how long it took (the next span is sized from that speed) or that it failed (the same range is
+tried again, smaller when it ran out of time). Nothing counted is ever planned again.
 """
 
 from __future__ import annotations
@@ -37,52 +39,52 @@ class Chunk:
 
 @dataclass(slots=True)
 class BackfillPlan:
-    """The ids ``low..high`` still to count: everything from ``next_lo`` up."""
+    """The ids ``low..high`` still to count: everything from ``next_hi`` down."""
 
     low: int
     high: int
-    next_lo: int
+    next_hi: int
     span: int = INITIAL_SPAN
 
     @classmethod
     def covering(cls, low: int, high: int) -> BackfillPlan:
-        return cls(low=low, high=high, next_lo=low)
+        return cls(low=low, high=high, next_hi=high)
 
     def to_state(self) -> dict[str, int]:
-        return {"low": self.low, "high": self.high, "next_lo": self.next_lo, "span": self.span}
+        return {"low": self.low, "high": self.high, "next_hi": self.next_hi, "span": self.span}
 
     @classmethod
     def from_state(cls, state: Mapping[str, object]) -> BackfillPlan:
         """The plan ``to_state`` saved; ValueError/KeyError for anything else."""
-        values = {key: state[key] for key in ("low", "high", "next_lo", "span")}
+        values = {key: state[key] for key in ("low", "high", "next_hi", "span")}
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in values.values()):
             raise ValueError(f"backfill plan needs whole numbers, got {values!r}")
         plan = cls(**values)  # type: ignore[arg-type]
-        if not 1 <= plan.low <= plan.next_lo <= plan.high + 1 or plan.span < 1:
+        if not 1 <= plan.low <= plan.next_hi + 1 <= plan.high + 1 or plan.span < 1:
             raise ValueError(f"inconsistent backfill plan {values!r}")
         return plan
 
     @property
     def done(self) -> bool:
-        return self.next_lo > self.high
+        return self.next_hi < self.low
 
     @property
     def progress(self) -> float:
         """Share of the ids counted, 0..1 (1 once done)."""
         if self.done:
             return 1.0
-        return (self.next_lo - self.low) / (self.high - self.low + 1)
+        return (self.high - self.next_hi) / (self.high - self.low + 1)
 
     def next_chunk(self) -> Chunk | None:
         if self.done:
             return None
-        return Chunk(self.next_lo, min(self.high, self.next_lo + self.span - 1))
+        return Chunk(max(self.low, self.next_hi - self.span + 1), self.next_hi)
 
     def counted(self, chunk: Chunk, elapsed_s: float, statement_limit_s: float) -> None:
         """``chunk`` was counted in ``elapsed_s``; size the next one from that speed."""
-        if chunk.lo != self.next_lo:
-            raise ValueError(f"chunk {chunk.lo}..{chunk.hi} is not the next one ({self.next_lo})")
-        self.next_lo = chunk.hi + 1
+        if chunk.hi != self.next_hi:
+            raise ValueError(f"chunk {chunk.lo}..{chunk.hi} is not the next one ({self.next_hi})")
+        self.next_hi = chunk.lo - 1
         self.span = next_span(chunk.span, elapsed_s, statement_limit_s)
 
     def failed(self, chunk: Chunk, *, timed_out: bool) -> None:

@@ -23,7 +23,8 @@ from typing import Any
 from exporter.config import Settings
 
 FORMAT = "engine-fleet-exporter/audit-checkpoint"
-VERSION = 1
+VERSION = 2
+"""2: the backfill counts newest first (its plan saves ``next_hi``; version 1 saved ``next_lo``)."""
 
 
 class CheckpointDamaged(ValueError):

@@ -114,12 +114,17 @@ AUDIT_CHUNK_TOTALS = Statement(
     SELECT product_id::text, action, count(*),
            CASE WHEN action = ANY(%(boot_actions)s) AND duration_ms IS NOT NULL
                 THEN width_bucket(duration_ms, %(thresholds_ms)s::int[]) END AS bucket,
-           coalesce(sum(duration_ms) FILTER (WHERE action = ANY(%(boot_actions)s)), 0)
+           coalesce(sum(duration_ms) FILTER (WHERE action = ANY(%(boot_actions)s)), 0),
+           count(*) FILTER (WHERE timestamp > %(since)s)
     FROM audit_log
-    WHERE {_IN_CHUNK} AND product_id IS NOT NULL
+    WHERE {_IN_CHUNK}
     GROUP BY 1, 2, 4
     """,
 )
+"""The one statement every chunk runs, and the one pass over its range in most: the totals
+per product and action with the boot histogram, plus what tells whether the other chunk
+statements can find anything (every visible row, system rows included, is in some group, so
+the groups' counts say whether ids are missing; the rows inside the rolling window)."""
 
 AUDIT_CHUNK_MISSING_IDS = Statement(
     "audit_chunk_missing_ids",
@@ -150,7 +155,7 @@ AUDIT_CHUNK_RECENT_BOOTS = Statement(
                  row_number() OVER (PARTITION BY product_id ORDER BY id DESC) AS newest_first
           FROM audit_log
           WHERE {_IN_CHUNK} AND action = ANY(%(boot_actions)s) AND duration_ms IS NOT NULL
-            AND product_id IS NOT NULL) AS boots
+            AND product_id = ANY(%(product_ids)s::uuid[])) AS boots
     WHERE newest_first <= %(sample_size)s
     """,
 )
@@ -341,11 +346,14 @@ async def fetch_audit_id_bounds(tx: Transaction) -> tuple[int | None, int | None
 
 @dataclass(frozen=True, slots=True)
 class AuditTotal:
-    product_id: str
+    product_id: str | None
+    """``None`` for the system rows: they count as visible ids, for no product."""
     action: str
     rows: int
     boot_bucket: int | None
     boot_sum_ms: int
+    rows_in_window: int
+    """Rows of the group inside the rolling window."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,44 +366,65 @@ class AuditChunk:
     last_hour: list[tuple[str, str, datetime]]
 
 
-async def fetch_audit_chunk(
+async def fetch_audit_chunk_totals(
     tx: Transaction,
     lo: int,
     hi: int,
     *,
     boot_actions: Sequence[str],
     thresholds_ms: Sequence[int],
-    sample_size: int,
     since: datetime,
-    tracked_actions: Sequence[str],
-) -> AuditChunk:
-    """Counts and boundaries of the ids ``lo..hi``: per product and action totals with the
-    boot histogram, the ids not visible, the newest boots per product and the rows of the
-    rolling window."""
-    params: dict[str, object] = {
+) -> list[AuditTotal]:
+    """Per product and action in the ids ``lo..hi``: rows, boot bucket and duration sum, and
+    the rows after ``since``."""
+    params = {
         "lo": lo,
         "hi": hi,
         "boot_actions": list(boot_actions),
         "thresholds_ms": list(thresholds_ms),
-        "sample_size": sample_size,
         "since": since,
-        "actions": list(tracked_actions),
     }
-    totals = [
-        AuditTotal(product_id, action, int(rows), bucket, int(sum_ms))
-        for product_id, action, rows, bucket, sum_ms in await tx.fetch_all(
+    return [
+        AuditTotal(product_id, action, int(rows), bucket, int(sum_ms), int(in_window))
+        for product_id, action, rows, bucket, sum_ms, in_window in await tx.fetch_all(
             AUDIT_CHUNK_TOTALS, params
         )
     ]
-    missing = [(int(a), int(b)) for a, b in await tx.fetch_all(AUDIT_CHUNK_MISSING_IDS, params)]
-    boots = await tx.fetch_all(AUDIT_CHUNK_RECENT_BOOTS, params)
-    last_hour = await tx.fetch_all(AUDIT_CHUNK_LAST_HOUR, params)
-    return AuditChunk(
-        totals=totals,
-        missing=sorted(missing),
-        recent_boots=[(p, int(i), int(d)) for p, i, d in boots],
-        last_hour=[(p, a, t) for p, a, t in last_hour],
-    )
+
+
+async def fetch_audit_chunk_missing_ids(tx: Transaction, lo: int, hi: int) -> list[tuple[int, int]]:
+    """The ranges of ids in ``lo..hi`` not visible in this snapshot, in id order."""
+    rows = await tx.fetch_all(AUDIT_CHUNK_MISSING_IDS, {"lo": lo, "hi": hi})
+    return sorted((int(a), int(b)) for a, b in rows)
+
+
+async def fetch_audit_chunk_recent_boots(
+    tx: Transaction,
+    lo: int,
+    hi: int,
+    *,
+    boot_actions: Sequence[str],
+    sample_size: int,
+    product_ids: Sequence[str],
+) -> list[tuple[str, int, int]]:
+    """The newest ``sample_size`` boots with a duration in ``lo..hi`` of each of
+    ``product_ids``: (product, id, duration)."""
+    params = {
+        "lo": lo,
+        "hi": hi,
+        "boot_actions": list(boot_actions),
+        "sample_size": sample_size,
+        "product_ids": list(product_ids),
+    }
+    return [(p, int(i), int(d)) for p, i, d in await tx.fetch_all(AUDIT_CHUNK_RECENT_BOOTS, params)]
+
+
+async def fetch_audit_chunk_last_hour(
+    tx: Transaction, lo: int, hi: int, *, since: datetime, tracked_actions: Sequence[str]
+) -> list[tuple[str, str, datetime]]:
+    """The product rows of ``lo..hi`` after ``since`` with a tracked action."""
+    params = {"lo": lo, "hi": hi, "since": since, "actions": list(tracked_actions)}
+    return [(p, a, t) for p, a, t in await tx.fetch_all(AUDIT_CHUNK_LAST_HOUR, params)]
 
 
 async def fetch_data_identity(tx: Transaction, high_water: int) -> DataIdentity:

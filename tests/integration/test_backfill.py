@@ -12,10 +12,18 @@ from aiohttp.test_utils import TestClient
 
 from exporter.api import REFRESHER
 from exporter.app import create_app
+from exporter.db import Database
+from exporter.domain import EventCategory, average_ms
 from exporter.refresher import Refresher
 from tests.integration.test_refresher_faults import _writer
-from tests.support.counts import audit_counts_by_slug, lifecycle_counts, scrape
-from tests.support.db import execute, insert_engine, insert_product
+from tests.support.counts import (
+    audit_counts_by_product,
+    audit_counts_by_slug,
+    lifecycle_counts,
+    scrape,
+    snapshot_counts,
+)
+from tests.support.db import execute, fetch_all, fetch_value, insert_engine, insert_product
 from tests.support.service import make_settings
 
 KEY = "pk-sept-acme-" + "a" * 40
@@ -128,7 +136,7 @@ async def test_a_failed_chunk_is_retried_alone_and_the_count_stays_exact(
     assert await refresher.backfill_once()
     plan = refresher.audit.backfill
     assert plan is not None
-    counted_up_to = plan.next_lo
+    counted_down_to = plan.next_hi
     locker = psycopg2.connect(dsn)
     try:
         with locker.cursor() as cursor:
@@ -137,7 +145,7 @@ async def test_a_failed_chunk_is_retried_alone_and_the_count_stays_exact(
     finally:
         locker.rollback()
         locker.close()
-    assert plan.next_lo == counted_up_to
+    assert plan.next_hi == counted_down_to
     assert await refresher.refresh_once()
     samples = await scrape(client)
     assert samples[("engine_fleet_exporter_refresh_errors_total", (("stage", "backfill"),))] == 1
@@ -183,3 +191,82 @@ async def test_writers_committing_out_of_order_during_the_backfill_are_counted_o
         held.close()
     assert await refresher.refresh_once()
     assert lifecycle_counts(await scrape(client)) == audit_counts_by_slug(dsn)
+
+
+_CHUNK_FOLLOW_UPS = {
+    "missing_ids": "%lag(id,%",
+    "recent_boots": "%row_number() OVER (PARTITION BY product_id ORDER BY id DESC)%",
+    "last_hour": "%FROM audit_log%WHERE id BETWEEN%AND timestamp >%",
+}
+"""The chunk statements after the totals, as ``pg_stat_statements`` shows their text."""
+
+
+def _follow_up_calls(pg_server: Any, dsn: str) -> dict[str, int]:
+    admin = pg_server.admin_dsn()
+    execute(admin, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    database = fetch_value(dsn, "SELECT current_database()")
+    return {
+        name: int(
+            fetch_value(
+                admin,
+                "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements"
+                " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = %(db)s)"
+                " AND query LIKE %(text)s",
+                {"db": database, "text": text},
+            )
+        )
+        for name, text in _CHUNK_FOLLOW_UPS.items()
+    }
+
+
+async def test_chunks_of_older_history_read_only_their_totals_and_the_counts_stay_exact(
+    fleet_db: Any, pg_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Newest first: the first chunk holds the rolling hour and fills the boot samples, so
+    the dense, older chunks after it run their totals alone; the one chunk with a hole (a
+    rolled-back id) also reads its missing ids."""
+    monkeypatch.setattr("exporter.backfill.next_span", lambda *_: 1_000)
+    dsn = fleet_db.dsn
+    product = insert_product(dsn, slug="acme", api_key=KEY)
+    execute(
+        dsn,
+        "INSERT INTO audit_log (product_id, action, duration_ms, timestamp)"
+        " SELECT %(p)s, (ARRAY['provision', 'destroy', 'wake'])[1 + i %% 3],"
+        "        CASE WHEN i %% 3 = 0 THEN 500 + i END,"
+        "        now() - ((6000 - i) * interval '10 seconds')"
+        " FROM generate_series(1, 6000) AS i",
+        {"p": product},
+    )
+    execute(dsn, "DELETE FROM audit_log WHERE id = 1500")
+    before = _follow_up_calls(pg_server, dsn)
+    settings = make_settings(dsn, metrics={"boot_sample_size": 50})
+    database = Database(settings.database)
+    refresher = Refresher(database, settings, version="test")
+    try:
+        assert await refresher.refresh_once()
+        _narrow_chunks(refresher, 1_000)
+        assert await refresher.refresh_until_counted()
+        published = refresher.published.snapshot
+        assert published is not None
+        fleet = published.fleets[product]
+    finally:
+        await database.close()
+    after = _follow_up_calls(pg_server, dsn)
+    assert {name: after[name] - before[name] for name in after} == {
+        "missing_ids": 1,
+        "recent_boots": 1,
+        "last_hour": 1,
+    }
+    assert snapshot_counts(refresher) == audit_counts_by_product(dsn)
+    newest_boots = fetch_all(
+        dsn,
+        "SELECT duration_ms FROM audit_log WHERE action = 'provision' ORDER BY id DESC LIMIT 50",
+    )
+    assert fleet.avg_boot_ms == average_ms(d for (d,) in newest_boots)
+    in_window = fetch_value(
+        dsn,
+        "SELECT count(*) FROM audit_log WHERE action = 'provision'"
+        " AND timestamp > %(now)s - interval '1 hour'",
+        {"now": published.taken_at},
+    )
+    assert fleet.last_hour[EventCategory.PROVISION] == in_window

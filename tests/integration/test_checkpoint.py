@@ -78,7 +78,7 @@ async def test_a_restart_resumes_from_the_checkpoint_without_a_backfill(
     product = _fleet(dsn)
     checkpoint = tmp_path / "state" / "audit.json"
     await _count(dsn, checkpoint)
-    assert json.loads(checkpoint.read_text())["version"] == 1
+    assert json.loads(checkpoint.read_text())["version"] == 2
     held = psycopg2.connect(dsn)
     try:
         with held.cursor() as cursor:
@@ -124,7 +124,7 @@ async def test_a_checkpoint_written_mid_backfill_resumes_the_backfill_where_it_s
     first.audit.request_checkpoint()
     assert await first.refresh_once()
     await database.close()
-    assert json.loads(checkpoint.read_text())["backfill"]["next_lo"] == 2_001
+    assert json.loads(checkpoint.read_text())["backfill"]["next_hi"] == ROWS - 2_000
 
     database = Database(settings.database)
     second = Refresher(database, settings, version="test")
@@ -132,7 +132,7 @@ async def test_a_checkpoint_written_mid_backfill_resumes_the_backfill_where_it_s
         assert await second.refresh_once()
         resumed = second.audit.backfill
         assert resumed is not None
-        assert resumed.next_lo == 2_001
+        assert resumed.next_hi == ROWS - 2_000
         assert not second.audit.counted
         assert await second.refresh_until_counted()
         assert _exported(second) == audit_counts_by_product(dsn)

@@ -7,6 +7,7 @@ exactly once and every gap is eventually retired.
 
 from __future__ import annotations
 
+import bisect
 import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -23,8 +24,10 @@ from exporter.audit import (
     IdGapTracker,
     bucket_thresholds_ms,
 )
-from exporter.backfill import BackfillPlan
-from exporter.domain import ActionCategories, EventCategory
+from exporter.audit_counter import ChunkFollowUps, chunk_follow_ups, count_chunk
+from exporter.backfill import BackfillPlan, Chunk
+from exporter.domain import ROLLING_WINDOW, ActionCategories, EventCategory
+from exporter.queries import AuditChunk, AuditTotal
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 CATEGORIES = ActionCategories(
@@ -357,3 +360,164 @@ def test_unknown_actions_are_counted_as_other_and_system_rows_are_skipped() -> N
     tally.add_row(_row(1, "reticulate"), T0)
     tally.add_row(AuditRow(2, None, "provision", T0, 100), T0)
     assert dict(tally.product_audit("p1", T0).lifetime_by_action) == {"other": 1}
+
+
+NOW = T0 + timedelta(days=400)
+SINCE = NOW - ROLLING_WINDOW
+THRESHOLDS = bucket_thresholds_ms((1.0, 2.5, 5.0))
+
+
+def _chunk_totals(rows: list[AuditRow], chunk: Chunk) -> list[AuditTotal]:
+    """``audit_chunk_totals`` over ``rows`` (the visible ones), as PostgreSQL groups them."""
+    groups: dict[tuple[str | None, str, int | None], list[AuditRow]] = {}
+    for row in rows:
+        if chunk.lo <= row.id <= chunk.hi:
+            boot = row.action in CATEGORIES.provision and row.duration_ms is not None
+            bucket = bisect.bisect_right(THRESHOLDS, row.duration_ms or 0) if boot else None
+            groups.setdefault((row.product_id, row.action, bucket), []).append(row)
+    return [
+        AuditTotal(
+            product_id,
+            action,
+            len(group),
+            bucket,
+            sum(r.duration_ms or 0 for r in group if r.action in CATEGORIES.provision),
+            sum(1 for r in group if r.timestamp > SINCE),
+        )
+        for (product_id, action, bucket), group in groups.items()
+    ]
+
+
+def _chunk_found(
+    rows: list[AuditRow], chunk: Chunk, tally: AuditTally, sample_size: int
+) -> tuple[AuditChunk, ChunkFollowUps]:
+    """One chunk as ``AuditCounter.read_chunk`` reads it: the totals, then only the statements
+    ``chunk_follow_ups`` asks for, each played over the visible rows."""
+    totals = _chunk_totals(rows, chunk)
+    follow_ups = chunk_follow_ups(chunk, totals, tally, CATEGORIES.tracked_actions)
+    in_chunk = sorted((r for r in rows if chunk.lo <= r.id <= chunk.hi), key=lambda r: r.id)
+    missing, expected = [], chunk.lo
+    for present in [*(r.id for r in in_chunk), chunk.hi + 1]:
+        if present > expected:
+            missing.append((expected, present - 1))
+        expected = present + 1
+    boots = []
+    for product_id in follow_ups.boot_products:
+        of_product = [
+            r
+            for r in in_chunk
+            if r.product_id == product_id
+            and r.action in CATEGORIES.provision
+            and r.duration_ms is not None
+        ]
+        boots += [(product_id, r.id, r.duration_ms or 0) for r in of_product[-sample_size:]]
+    last_hour = [
+        (r.product_id, r.action, r.timestamp)
+        for r in in_chunk
+        if r.product_id is not None
+        and r.timestamp > SINCE
+        and r.action in CATEGORIES.tracked_actions
+    ]
+    found = AuditChunk(
+        totals=totals,
+        missing=missing if follow_ups.missing_ids else [],
+        recent_boots=boots,
+        last_hour=last_hour if follow_ups.last_hour else [],
+    )
+    if not follow_ups.missing_ids:
+        assert missing == [], "the missing ids were left out of a chunk that has some"
+    if not follow_ups.last_hour:
+        assert last_hour == [], "the rolling hour was left out of a chunk that holds some of it"
+    return found, follow_ups
+
+
+def _random_row(rng: random.Random, audit_id: int) -> AuditRow:
+    action = rng.choice(["provision", "provision", "destroy", "wake", "health_failed"])
+    recent = rng.random() < 0.2
+    return AuditRow(
+        audit_id,
+        rng.choice(["p1", "p2", "p3", None]),
+        action,
+        NOW - timedelta(minutes=rng.randint(1, 59)) if recent else T0 + timedelta(hours=audit_id),
+        rng.randint(1, 6_000) if action == "provision" and rng.random() < 0.8 else None,
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(min_value=0, max_value=2**32))
+def test_a_history_counted_newest_first_with_statements_left_out_gives_the_full_tally(
+    seed: int,
+) -> None:
+    """Chunks read their totals and only the statements those show can contribute, while
+    rows committing late (inside counted chunks and below the history) and new rows above it
+    are counted row by row in between: the tally equals one fed every committed row."""
+    rng = random.Random(seed)
+    sample_size = rng.randint(1, 3)
+    high = rng.randint(1, 80)
+    rows = {i: _random_row(rng, i) for i in range(1, high + 1) if rng.random() < 0.85}
+    late = {i for i in rows if rng.random() < 0.15}
+    visible = [r for i, r in rows.items() if i not in late]
+    chunked, truth = _tally(sample_size), _tally(sample_size)
+    plan = BackfillPlan.covering(1, high)
+    next_id = high + 1
+    while not plan.done:
+        plan.span = rng.randint(1, 15)
+        chunk = plan.next_chunk()
+        assert chunk is not None
+        found, _ = _chunk_found(visible, chunk, chunked, sample_size)
+        count_chunk(chunked, found)
+        plan.counted(chunk, 0.5, 2.0)
+        for audit_id in sorted(late, key=lambda _: rng.random())[: rng.randint(0, 2)]:
+            late.discard(audit_id)
+            chunked.add_row(rows[audit_id], NOW)
+        for _ in range(rng.randint(0, 2)):
+            rows[next_id] = _random_row(rng, next_id)
+            chunked.add_row(rows[next_id], NOW)
+            next_id += 1
+    for audit_id in late:
+        chunked.add_row(rows[audit_id], NOW)
+    for row in rows.values():
+        truth.add_row(row, NOW)
+    for product_id in ("p1", "p2", "p3"):
+        assert chunked.product_audit(product_id, NOW) == truth.product_audit(product_id, NOW)
+    state, expected = chunked.to_state(), truth.to_state()
+    for part in ("lifetime", "histograms", "boot_samples"):
+        assert state[part] == expected[part]
+
+
+def test_a_dense_old_chunk_below_full_boot_samples_needs_only_its_totals() -> None:
+    tally = _tally(sample_size=2)
+    for audit_id in (50, 60):
+        tally.add_row(AuditRow(audit_id, "p1", "provision", T0, 1_500), NOW)
+    chunk = Chunk(1, 3)
+    rows = [AuditRow(i, "p1", "provision", T0, 900) for i in (1, 2)] + [
+        AuditRow(3, None, "wake", T0, None)
+    ]
+    _, follow_ups = _chunk_found(rows, chunk, tally, 2)
+    assert follow_ups == ChunkFollowUps(missing_ids=False, boot_products=(), last_hour=False)
+
+
+def test_a_chunk_reads_what_its_totals_show_it_can_contribute() -> None:
+    tally = _tally(sample_size=2)
+    tally.add_row(AuditRow(50, "p1", "provision", T0, 1_500), NOW)
+    rows = [
+        AuditRow(1, "p1", "provision", T0, 900),
+        AuditRow(2, "p2", "provision", T0, 900),
+        AuditRow(4, "p3", "destroy", NOW - timedelta(minutes=5), None),
+    ]
+    found, follow_ups = _chunk_found(rows, Chunk(1, 4), tally, 2)
+    assert follow_ups == ChunkFollowUps(
+        missing_ids=True, boot_products=("p1", "p2"), last_hour=True
+    )
+    assert found.missing == [(3, 3)]
+    assert sorted(found.recent_boots) == [("p1", 1, 900), ("p2", 2, 900)]
+    assert found.last_hour == [("p3", "destroy", NOW - timedelta(minutes=5))]
+
+
+def test_a_full_boot_sample_still_takes_a_boot_newer_than_its_oldest() -> None:
+    tally = _tally(sample_size=2)
+    for audit_id in (10, 60):
+        tally.add_row(AuditRow(audit_id, "p1", "provision", T0, 1_500), NOW)
+    assert tally.takes_boot_sample("p1", 10)
+    assert not tally.takes_boot_sample("p1", 9)
+    assert tally.takes_boot_sample("p2", 1)

@@ -43,7 +43,7 @@ def _checkpoint() -> Checkpoint:
         counting=COUNTING,
         tracker=tracker.to_state(),
         tally=_tally().to_state(),
-        backfill=BackfillPlan(low=1, high=100, next_lo=41, span=20).to_state(),
+        backfill=BackfillPlan(low=1, high=100, next_hi=60, span=20).to_state(),
     )
 
 
@@ -61,7 +61,7 @@ def test_a_round_trip_keeps_the_tally_the_gaps_and_the_backfill() -> None:
         (100, 101, T0, None),
     ]
     assert restored.backfill is not None
-    assert BackfillPlan.from_state(restored.backfill) == BackfillPlan(1, 100, 41, 20)
+    assert BackfillPlan.from_state(restored.backfill) == BackfillPlan(1, 100, 60, 20)
     assert restored.identity == IDENTITY
 
 
@@ -96,9 +96,9 @@ def test_other_counting_settings_are_refused() -> None:
         b"{not json",
         b"\xff\xfe",
         b"[]",
-        b'{"format": "something-else", "version": 1}',
-        encode(_checkpoint()).replace(b'"version":1', b'"version":2'),
-        json.dumps({"format": "engine-fleet-exporter/audit-checkpoint", "version": 1}).encode(),
+        b'{"format": "something-else", "version": 2}',
+        encode(_checkpoint()).replace(b'"version":2', b'"version":1'),
+        json.dumps({"format": "engine-fleet-exporter/audit-checkpoint", "version": 2}).encode(),
         encode(_checkpoint())[:-20],
     ],
 )
