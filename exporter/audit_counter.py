@@ -140,6 +140,7 @@ class AuditCounter:
         self._checkpoint_path = settings.state.checkpoint_path
         self._checkpoint_rejected = False
         self._checkpoint_written_at: float | None = None
+        self._checkpoint_due: DataIdentity | None = None
 
     def new_tally(self) -> AuditTally:
         return AuditTally(
@@ -196,7 +197,8 @@ class AuditCounter:
         return LiveRead(snapshot, rows, resumed, await self._identity_if_due(tx, high_water))
 
     def apply(self, read: LiveRead | FirstRead) -> None:
-        """Apply a successful refresh's read, then write the checkpoint when one is due."""
+        """Apply a successful refresh's read; a checkpoint due with it is written by
+        ``write_checkpoint``, once the refresh is published."""
         now = read.snapshot.started_at
         if isinstance(read, FirstRead):
             high = read.high or 0
@@ -216,8 +218,7 @@ class AuditCounter:
                 self._tally.add_row(row, now)
             self._tracker.advance((row.id for row in read.rows), read.snapshot)
         self._tally.prune(now)
-        if read.identity is not None:
-            self._write_checkpoint(read.identity)
+        self._checkpoint_due = read.identity
 
     def request_checkpoint(self) -> None:
         """Write the checkpoint at the next successful refresh, whatever the interval."""
@@ -232,7 +233,14 @@ class AuditCounter:
             return None
         return await queries.fetch_data_identity(tx, high_water)
 
-    def _write_checkpoint(self, identity: DataIdentity) -> None:
+    def write_checkpoint(self) -> None:
+        """Write the state the last ``apply`` left, if a checkpoint was due with it. Called
+        after the refresh is published (a file write and fsync can wait on a busy disk, and the
+        fleet state should not) and before anything else changes the state (the refresher
+        holds its lock from the refresh until here)."""
+        identity, self._checkpoint_due = self._checkpoint_due, None
+        if identity is None:
+            return
         assert self._checkpoint_path is not None
         assert self._tracker is not None
         assert identity.high_water == self._tracker.high_water

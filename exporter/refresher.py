@@ -204,6 +204,7 @@ class Refresher:
                 duration_s=round(self._last_duration_s, 3),
                 published_after_s=round(time.monotonic() - started, 3),
             )
+            await asyncio.to_thread(self._audit.write_checkpoint)
             return True
 
     async def backfill_once(self) -> bool:
