@@ -678,7 +678,8 @@ def run_startup_only(options: StartupOptions, argv: list[str] | None, *, append:
     started = time.monotonic()
     load_before = _load_average()
     workdir = OUT_DIR / datetime.now(UTC).strftime("startup-%Y%m%dT%H%M%S")
-    workdir.mkdir(parents=True, exist_ok=True)
+    if not options.prepare_only:
+        workdir.mkdir(parents=True, exist_ok=True)
     results: list[StartupResult] = []
     generation: list[str] = []
     with EmbeddedPostgres(durable=False, kept_in=options.data_dir) as cluster:
