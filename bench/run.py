@@ -609,12 +609,16 @@ def _details(
             f"PostgreSQL {cluster_version}, Python {platform.python_version()}, "
             f"aiohttp {aiohttp.__version__}, engine-fleet-exporter {__version__}",
         ),
-        (
-            "machine load",
-            f"1-minute load average {load_before} before, {_load_average()} after, on"
-            f" {os.cpu_count()} cores (above the core count, other work shared them)",
-        ),
+        ("machine load", _machine_load_text(load_before, _load_average())),
     ]
+
+
+def _machine_load_text(before: str, after: str) -> str:
+    cores = os.cpu_count() or 1
+    text = f"1-minute load average {before} before, {after} after, on {cores} cores"
+    if max(float(before), float(after)) > cores:
+        text += " (above the core count, other work shared them)"
+    return text
 
 
 def _load_average() -> str:
