@@ -147,12 +147,7 @@ def _backfill_ms(dsn: str) -> tuple[float, Counts]:
                 raise RuntimeError("the backfill failed; see the log above")
             snapshot = refresher.published.snapshot
             assert snapshot is not None
-            return {
-                (product_id, action): count
-                for product_id, fleet in snapshot.fleets.items()
-                for action, count in fleet.lifetime_by_action.items()
-                if count
-            }
+            return snapshot.lifetime_counts()
         finally:
             await database.close()
 

@@ -321,6 +321,16 @@ class FleetSnapshot:
     """The whole audit log is counted; until then the audit figures are partial and are not
     shown (``/metrics`` answers 503, the audit-derived series are absent)."""
 
+    def lifetime_counts(self) -> dict[tuple[str, str], int]:
+        """The non-zero lifetime counts by product id and action (``other`` for the actions
+        not tracked by name): what ``count(*)`` over the audit log is checked against."""
+        return {
+            (product_id, action): count
+            for product_id, fleet in self.fleets.items()
+            for action, count in fleet.lifetime_by_action.items()
+            if count
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class ActionCategories:

@@ -35,12 +35,7 @@ def snapshot_counts(refresher: Refresher) -> dict[tuple[str, str], int]:
     """The non-zero lifetime counts of the published snapshot, by product id and action."""
     snapshot = refresher.published.snapshot
     assert snapshot is not None
-    return {
-        (product_id, action): count
-        for product_id, fleet in snapshot.fleets.items()
-        for action, count in fleet.lifetime_by_action.items()
-        if count
-    }
+    return snapshot.lifetime_counts()
 
 
 def parse_samples(text: str) -> Samples:
