@@ -61,14 +61,17 @@ def test_demo_rules_shorten_every_for_and_leave_the_rules_as_shipped() -> None:
     shipped_rules = [rule for group in shipped["groups"] for rule in group["rules"]]
     local_rules_ = [rule for group in local["groups"] for rule in group["rules"]]
     assert len(local_rules_) == len(shipped_rules)
+    timed = ("for", "keep_firing_for")
     with_for = 0
     for before, after in zip(shipped_rules, local_rules_, strict=True):
-        assert {k: v for k, v in after.items() if k != "for"} == {
-            k: v for k, v in before.items() if k != "for"
+        assert {k: v for k, v in after.items() if k not in timed} == {
+            k: v for k, v in before.items() if k not in timed
         }
-        if "for" in before:
-            with_for += 1
-            assert parse_duration(after["for"]) == parse_duration(before["for"]) / 10
+        with_for += "for" in before
+        for key in timed:
+            assert (key in after) == (key in before)
+            if key in before:
+                assert parse_duration(after[key]) == parse_duration(before[key]) / 10
     assert with_for >= 3
     assert load_yaml(RULES) == shipped, "the shipped rules were modified in place"
 
