@@ -10,11 +10,12 @@ import base64
 import hashlib
 import hmac
 import math
-import time
+import operator
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from exporter.config import Settings
 from exporter.db import Database, DatabaseUnavailable
@@ -127,50 +128,134 @@ async def list_engines(request: web.Request) -> web.Response:
     )
 
 
-def _snapshot_body(
-    request: web.Request,
-    published: Published,
-    bodies_of: Callable[[RenderedViews], Mapping[str, bytes]],
-) -> web.Response:
-    """The caller's body, rendered with the snapshot, or the 503 that says why not."""
-    fleet = _authenticate(request, published)
-    if published.is_stale(request.app[REFRESHER].now()):
-        raise ApiError(
-            503,
-            "FLEET_DATA_STALE",
-            "Fleet data is stale: the database has not been read successfully for too long,"
-            " or the standby it is read from lags too far behind its primary.",
+class SnapshotEndpoints:
+    """``/status``, ``/metrics`` and the scrape endpoint: the answers served from the
+    published snapshot, asked for by every scrape and every dashboard poll.
+
+    They are bound to the app's refresher, self-metrics and web configuration once, when the
+    routes are added, rather than looking each up in the app on every request; a request
+    reads ``published`` once and the clock once, so the answer and the staleness it is
+    judged by belong to one refresh. Their response headers are built once per snapshot and
+    ``max-age`` value (the scrape endpoint's once), not per request."""
+
+    def __init__(self, app: web.Application) -> None:
+        self._refresher = app[REFRESHER]
+        self._clock = self._refresher.clock
+        self._live = app[LIVE_METRICS]
+        self._web_config = app[WEB_CONFIG]
+        self._basic_auth = app[BASIC_AUTH]
+        self._bearer_token = app[SETTINGS].prometheus.bearer_token
+        self._json_headers: tuple[RenderedViews | None, int, CIMultiDict[str]] = (
+            None,
+            -1,
+            CIMultiDict(),
         )
-    views = published.views
-    assert views is not None, "views are published with every snapshot"
-    max_age = max(0, math.ceil(published.next_refresh_unix - time.time()))
-    return web.Response(
-        body=bodies_of(views)[fleet.product.product_id],
-        headers={
-            "Content-Type": JSON_CONTENT_TYPE,
-            "Last-Modified": views.last_modified,
-            "Cache-Control": f"private, max-age={max_age}",
-            **PER_PRODUCT_HEADERS,
-        },
+        self.status = self._snapshot_body(_STATUS_BODIES, audit_derived=False)
+        self.metrics = self._snapshot_body(_METRICS_BODIES, audit_derived=True)
+
+    def _snapshot_body(
+        self, bodies_of: Callable[[RenderedViews], Mapping[str, bytes]], *, audit_derived: bool
+    ) -> Handler:
+        """A handler answering the caller's body, rendered with the snapshot, or the 503 that
+        says why not (an ``audit_derived`` body only once the audit history is counted)."""
+        refresher, clock = self._refresher, self._clock
+
+        async def answer(request: web.Request) -> web.Response:
+            published = refresher.published
+            fleet = _authenticate(request, published)
+            now = clock()
+            if published.is_stale(now):
+                raise ApiError(
+                    503,
+                    "FLEET_DATA_STALE",
+                    "Fleet data is stale: the database has not been read successfully for too"
+                    " long, or the standby it is read from lags too far behind its primary.",
+                )
+            snapshot = published.snapshot
+            assert snapshot is not None, "authenticated against it"
+            if audit_derived and not snapshot.audit_counted:
+                raise _backfill_running(published, now)
+            views = published.views
+            assert views is not None, "views are published with every snapshot"
+            max_age = max(0, math.ceil(published.next_refresh_unix - now))
+            return web.Response(
+                body=bodies_of(views)[fleet.product.product_id],
+                headers=self._headers_of(views, max_age),
+            )
+
+        return answer
+
+    def _headers_of(self, views: RenderedViews, max_age: int) -> CIMultiDict[str]:
+        """The JSON answers' headers; the last set is kept while the snapshot and ``max_age``
+        stay the same (the answer copies them)."""
+        last_views, last_max_age, headers = self._json_headers
+        if last_views is not views or last_max_age != max_age:
+            headers = CIMultiDict(
+                {
+                    "Content-Type": JSON_CONTENT_TYPE,
+                    "Last-Modified": views.last_modified,
+                    "Cache-Control": f"private, max-age={max_age}",
+                    **PER_PRODUCT_HEADERS,
+                }
+            )
+            self._json_headers = (views, max_age, headers)
+        return headers
+
+    async def prometheus(self, request: web.Request) -> web.Response:
+        if self._bearer_token is not None or self._web_config.current().basic_auth_users:
+            await self._authorize_scrape(request)
+        published = self._refresher.published
+        openmetrics = choose_exposition(request.headers.get("Accept", "")) == "openmetrics"
+        body = published.exposition.body(
+            openmetrics=openmetrics, include_fleet=not published.is_stale(self._clock())
+        )
+        gzipped = accepts_gzip(request.headers.get("Accept-Encoding", ""))
+        return web.Response(
+            body=self._live.answer(body, openmetrics=openmetrics, gzipped=gzipped),
+            headers=_SCRAPE_HEADERS[openmetrics, gzipped],
+        )
+
+    async def _authorize_scrape(self, request: web.Request) -> None:
+        """With a bearer token or basic auth users configured, one ``Authorization`` header
+        carrying one of them (the scheme in any case) is required."""
+        token = self._bearer_token
+        users = self._web_config.current().basic_auth_users
+        if token is None and not users:
+            return
+        supplied = request.headers.getall("Authorization", ())
+        credentials = parse_credentials(supplied[0]) if len(supplied) == 1 else None
+        if credentials is not None:
+            scheme, value = credentials
+            if scheme == "bearer" and token is not None:
+                if hmac.compare_digest(value.encode(), token.encode()):
+                    return
+            elif scheme == "basic" and users:
+                pair = _basic_credentials(value)
+                if pair is not None and await self._basic_auth.check(users, *pair):
+                    return
+        schemes = [name for name, on in (("Bearer", token), ('Basic realm="metrics"', users)) if on]
+        raise ApiError(
+            401,
+            "UNAUTHORIZED",
+            "Valid credentials are required for this endpoint.",
+            headers={"WWW-Authenticate": ", ".join(schemes)},
+        )
+
+
+_STATUS_BODIES = operator.attrgetter("status")
+_METRICS_BODIES = operator.attrgetter("metrics")
+_SCRAPE_HEADERS = {
+    (openmetrics, gzipped): CIMultiDict(
+        {
+            "Content-Type": OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE,
+            "Vary": "Accept, Accept-Encoding",
+            **({"Content-Encoding": "gzip"} if gzipped else {}),
+        }
     )
-
-
-async def fleet_status(request: web.Request) -> web.Response:
-    return _snapshot_body(request, request.app[REFRESHER].published, lambda views: views.status)
-
-
-async def fleet_metrics(request: web.Request) -> web.Response:
-    refresher = request.app[REFRESHER]
-    published = refresher.published
-    snapshot = published.snapshot
-    if (
-        snapshot is not None
-        and not snapshot.audit_counted
-        and not published.is_stale(refresher.now())
-    ):
-        _authenticate(request, published)
-        raise _backfill_running(published)
-    return _snapshot_body(request, published, lambda views: views.metrics)
+    for openmetrics in (False, True)
+    for gzipped in (False, True)
+}
+"""The scrape answer's headers by format and compression (the answer copies them)."""
 
 
 def _basic_credentials(token68: str) -> tuple[str, bytes] | None:
@@ -181,36 +266,10 @@ def _basic_credentials(token68: str) -> tuple[str, bytes] | None:
         return None
 
 
-async def _authorize_scrape(request: web.Request, token: str | None) -> None:
-    """When a bearer token or basic auth users are configured, one ``Authorization`` header
-    carrying one of them (the scheme in any case) is required."""
-    users = request.app[WEB_CONFIG].current().basic_auth_users
-    if token is None and not users:
-        return
-    supplied = request.headers.getall("Authorization", ())
-    credentials = parse_credentials(supplied[0]) if len(supplied) == 1 else None
-    if credentials is not None:
-        scheme, value = credentials
-        if scheme == "bearer" and token is not None:
-            if hmac.compare_digest(value.encode(), token.encode()):
-                return
-        elif scheme == "basic" and users:
-            pair = _basic_credentials(value)
-            if pair is not None and await request.app[BASIC_AUTH].check(users, *pair):
-                return
-    schemes = [name for name, on in (("Bearer", token), ('Basic realm="metrics"', users)) if on]
-    raise ApiError(
-        401,
-        "UNAUTHORIZED",
-        "Valid credentials are required for this endpoint.",
-        headers={"WWW-Authenticate": ", ".join(schemes)},
-    )
-
-
-def _backfill_running(published: Published) -> ApiError:
+def _backfill_running(published: Published, now_unix: float) -> ApiError:
     """The answer while the audit history is being counted: a partial count is no total."""
     percent = math.floor(published.audit_progress * 1000) / 10
-    retry_after = max(1, math.ceil(published.next_refresh_unix - time.time()))
+    retry_after = max(1, math.ceil(published.next_refresh_unix - now_unix))
     return ApiError(
         503,
         "AUDIT_BACKFILL_RUNNING",
@@ -218,25 +277,6 @@ def _backfill_running(published: Published) -> ApiError:
         " served once it is complete.",
         headers={"Retry-After": str(retry_after)},
     )
-
-
-async def prometheus(request: web.Request) -> web.Response:
-    await _authorize_scrape(request, request.app[SETTINGS].prometheus.bearer_token)
-    refresher = request.app[REFRESHER]
-    published = refresher.published
-    openmetrics = choose_exposition(request.headers.get("Accept", "")) == "openmetrics"
-    body = published.exposition.body(
-        openmetrics=openmetrics, include_fleet=not published.is_stale(refresher.now())
-    )
-    gzipped = accepts_gzip(request.headers.get("Accept-Encoding", ""))
-    answer = request.app[LIVE_METRICS].answer(body, openmetrics=openmetrics, gzipped=gzipped)
-    headers = {
-        "Content-Type": OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE,
-        "Vary": "Accept, Accept-Encoding",
-    }
-    if gzipped:
-        headers["Content-Encoding"] = "gzip"
-    return web.Response(body=answer, headers=headers)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -287,20 +327,20 @@ async def openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document(request.app[SETTINGS].prometheus.path))
 
 
-HANDLERS: Mapping[str, Handler] = {
-    "engines": list_engines,
-    "status": fleet_status,
-    "metrics": fleet_metrics,
-    "healthz": healthz,
-    "readyz": readyz,
-    "landing": landing,
-    "openapi": openapi,
-}
-"""The handler of each route in ``ROUTE_PATHS``, by route name."""
-
-ROUTES: tuple[tuple[str, str, Handler], ...] = tuple(
-    (path, name, HANDLERS[name]) for name, path in ROUTE_PATHS.items()
-)
+def route_handlers(app: web.Application) -> Mapping[str, Handler]:
+    """The handler of each route in ``ROUTE_PATHS`` and of the scrape endpoint
+    (``prometheus``), by route name."""
+    snapshot = SnapshotEndpoints(app)
+    return {
+        "engines": list_engines,
+        "status": snapshot.status,
+        "metrics": snapshot.metrics,
+        "healthz": healthz,
+        "readyz": readyz,
+        "landing": landing,
+        "openapi": openapi,
+        "prometheus": snapshot.prometheus,
+    }
 
 
 def add_routes(app: web.Application, prometheus_path: str) -> None:
@@ -308,7 +348,8 @@ def add_routes(app: web.Application, prometheus_path: str) -> None:
     or an unknown path) in the app's HTTP self-metrics."""
     stats = app[LIVE_METRICS].http
     other = stats.observer("other")
-    for path, name, handler in (*ROUTES, (prometheus_path, "prometheus", prometheus)):
-        app.router.add_get(path, endpoint(handler, stats.observer(name)))
-        app.router.add_route("*", path, endpoint(method_not_allowed, other))
+    paths = {**ROUTE_PATHS, "prometheus": prometheus_path}
+    for name, handler in route_handlers(app).items():
+        app.router.add_get(paths[name], endpoint(handler, stats.observer(name)))
+        app.router.add_route("*", paths[name], endpoint(method_not_allowed, other))
     app.router.add_route("*", "/{path:.*}", endpoint(not_found, other))

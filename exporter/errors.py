@@ -58,21 +58,16 @@ Observe = Callable[[int, float], None]
 
 def endpoint(handler: Handler, observe: Observe) -> Handler:
     """Wrap a handler so that an ``ApiError``, or any unexpected exception, is answered in the
-    envelope, and every answer is counted with ``observe``. (A wrapper per route rather than
-    a middleware: a middleware puts two extra layers on every request, the snapshot
-    endpoints included.)"""
+    envelope, and every answer is counted with ``observe``. (One wrapper frame per route
+    rather than a middleware: a middleware puts two extra layers on every request, the
+    snapshot endpoints included.)"""
 
     async def answer(request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
-        response = await _answer(request)
-        observe(response.status, time.perf_counter() - started)
-        return response
-
-    async def _answer(request: web.Request) -> web.StreamResponse:
         try:
-            return await handler(request)
+            response = await handler(request)
         except ApiError as error:
-            return error_response(error)
+            response = error_response(error)
         except Exception as error:
             log_event(
                 logger,
@@ -82,7 +77,9 @@ def endpoint(handler: Handler, observe: Observe) -> Handler:
                 error=type(error).__name__,
                 exc_info=error,
             )
-            return error_response(ApiError(500, "INTERNAL_ERROR", "Internal error."))
+            response = error_response(ApiError(500, "INTERNAL_ERROR", "Internal error."))
+        observe(response.status, time.perf_counter() - started)
+        return response
 
     return answer
 

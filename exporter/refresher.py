@@ -118,8 +118,13 @@ class Refresher:
     def audit(self) -> AuditCounter:
         return self._audit
 
-    def now(self) -> float:
+    @property
+    def clock(self) -> Callable[[], float]:
         """The refresher's clock (Unix seconds): the one ``Published.is_stale`` is asked with."""
+        return self._clock
+
+    def now(self) -> float:
+        """The refresher's clock, read now."""
         return self._clock()
 
     async def run(self) -> None:

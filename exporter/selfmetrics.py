@@ -10,6 +10,7 @@ never a raw path, so its values stay bounded whatever clients send.
 from __future__ import annotations
 
 import bisect
+import itertools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -108,50 +109,65 @@ LIVE_FAMILIES = (
 _STANDARD_COLLECTORS = (ProcessCollector, PlatformCollector, GCCollector)
 
 
+class RouteStats:
+    """One route's answers: how many per status code, and their durations as a histogram.
+
+    Plain counts, kept by the event loop that answers the requests (one thread, so no lock)
+    and turned into metric families only when a scrape renders them: counting an answer is
+    a few dictionary and list operations, not a prometheus-client child lookup per request.
+    """
+
+    __slots__ = ("_bounds_s", "codes", "in_bucket", "seconds_sum")
+
+    def __init__(self, bounds_s: tuple[float, ...]) -> None:
+        self._bounds_s = bounds_s
+        self.codes: dict[int, int] = {}
+        self.in_bucket = [0] * (len(bounds_s) + 1)
+        """A count per bucket (not cumulative), the last one +Inf."""
+        self.seconds_sum = 0.0
+
+    def observe(self, status: int, seconds: float) -> None:
+        codes = self.codes
+        codes[status] = codes.get(status, 0) + 1
+        self.in_bucket[bisect.bisect_left(self._bounds_s, seconds)] += 1
+        self.seconds_sum += seconds
+
+
 class HttpStats(Collector):
-    """Requests per (handler, code) and their durations per handler, as plain counts."""
+    """Requests per (handler, code) and their durations per handler, one ``RouteStats`` per
+    route name; only routes that have answered are exported."""
 
     def __init__(self, buckets_s: tuple[float, ...] = DURATION_BUCKETS_S) -> None:
         self._buckets_s = buckets_s
-        self._requests: dict[tuple[str, int], int] = {}
-        self._histograms: dict[str, list[float]] = {}
-        """Per handler: a count per bucket (not cumulative) and +Inf, then the sum."""
+        self._routes = {handler: RouteStats(buckets_s) for handler in HANDLERS}
 
     def observe(self, handler: str, status: int, seconds: float) -> None:
-        key = (handler, status)
-        self._requests[key] = self._requests.get(key, 0) + 1
-        histogram = self._histograms.get(handler)
-        if histogram is None:
-            histogram = self._histograms[handler] = [0.0] * (len(self._buckets_s) + 2)
-        histogram[bisect.bisect_left(self._buckets_s, seconds)] += 1
-        histogram[-1] += seconds
+        self._routes[handler].observe(status, seconds)
 
     def observer(self, handler: str) -> Callable[[int, float], None]:
-        """``observe`` bound to one route name, for the route's wrapper."""
+        """``observe`` of one route name, for the route's wrapper: one call per answer."""
         assert handler in HANDLERS, handler
-
-        def observe(status: int, seconds: float) -> None:
-            self.observe(handler, status, seconds)
-
-        return observe
+        return self._routes[handler].observe
 
     def collect(self) -> Iterator[Metric]:
         requests, durations = LIVE_FAMILIES[0], LIVE_FAMILIES[1]
         counter = CounterMetricFamily(
             requests.name.removesuffix("_total"), requests.help, labels=list(requests.labels)
         )
-        for (handler, status), count in sorted(self._requests.items()):
-            counter.add_metric([handler, str(status)], count)
-        yield counter
         histogram = HistogramMetricFamily(
             durations.name, durations.help, labels=list(durations.labels)
         )
-        for handler, counts in sorted(self._histograms.items()):
-            cumulative, buckets = 0.0, []
-            for bound, in_bucket in zip((*self._buckets_s, float("inf")), counts, strict=False):
-                cumulative += in_bucket
-                buckets.append((floatToGoString(bound), cumulative))  # type: ignore[no-untyped-call]
-            histogram.add_metric([handler], buckets, counts[-1])
+        bounds = [floatToGoString(bound) for bound in (*self._buckets_s, float("inf"))]  # type: ignore[no-untyped-call]
+        for handler, route in sorted(self._routes.items()):
+            if not route.codes:
+                continue
+            for status, count in sorted(route.codes.items()):
+                counter.add_metric([handler, str(status)], count)
+            cumulative = list(itertools.accumulate(route.in_bucket))
+            histogram.add_metric(
+                [handler], list(zip(bounds, cumulative, strict=True)), route.seconds_sum
+            )
+        yield counter
         yield histogram
 
 

@@ -324,21 +324,20 @@ class WebConfigSource:
         return self._context is not None
 
     def current(self) -> WebConfig:
-        self._maybe_reload()
+        """The configuration in force; asked for every answer (its headers), so the check
+        whether the files are due a look is kept to one comparison."""
+        if self.path is not None and self._clock() - self._checked_at >= self._check_interval_s:
+            self._reload_if_changed()
         return self._config
 
     def ssl_context(self) -> ssl.SSLContext:
-        self._maybe_reload()
+        self.current()
         assert self._context is not None, "asked for TLS only when the file enables it"
         return self._context
 
-    def _maybe_reload(self) -> None:
-        if self.path is None:
-            return
-        now = self._clock()
-        if now - self._checked_at < self._check_interval_s:
-            return
-        self._checked_at = now
+    def _reload_if_changed(self) -> None:
+        assert self.path is not None, "only a configuration read from a file changes"
+        self._checked_at = self._clock()
         stamps = self._current_stamps()
         if stamps == self._stamps:
             return

@@ -11,20 +11,29 @@ import pytest
 from multidict import MultiDict
 from openapi_schema_validator import OAS30Validator
 
-from exporter.api import ROUTES, _engine_json
+from exporter.api import _engine_json, route_handlers
+from exporter.app import create_app
 from exporter.config import ConfigError, settings_from_mapping
 from exporter.domain import ENGINE_LISTING_FIELDS, EngineRecord
 from exporter.openapi import openapi_document
 from exporter.paging import DEFAULT_LIMIT, parse_engines_query
 from exporter.queries import ENGINES_PAGE
 from exporter.routes import ROUTE_PATHS
+from tests.support.service import make_settings
 
 
 def test_every_declared_path_is_routed_once_under_its_name() -> None:
-    assert [(path, name) for path, name, _ in ROUTES] == [
-        (path, name) for name, path in ROUTE_PATHS.items()
-    ]
-    assert len({handler for _, _, handler in ROUTES}) == len(ROUTES)
+    app = create_app(make_settings("postgresql://fleet@127.0.0.1:1/fleet"))
+    handlers = route_handlers(app)
+    assert list(handlers) == [*ROUTE_PATHS, "prometheus"]
+    assert len(set(handlers.values())) == len(handlers)
+    routed = {
+        (route.method, route.resource.canonical)
+        for route in app.router.routes()
+        if route.resource is not None
+    }
+    for path in (*ROUTE_PATHS.values(), "/prometheus"):
+        assert {("GET", path), ("HEAD", path), ("*", path)} <= routed
 
 
 @pytest.mark.parametrize("path", sorted(ROUTE_PATHS.values()))
