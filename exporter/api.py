@@ -352,4 +352,5 @@ def add_routes(app: web.Application, prometheus_path: str) -> None:
     for name, handler in route_handlers(app).items():
         app.router.add_get(paths[name], endpoint(handler, stats.observer(name)))
         app.router.add_route("*", paths[name], endpoint(method_not_allowed, other))
-    app.router.add_route("*", "/{path:.*}", endpoint(not_found, other))
+    # Any path at all, a line break (a decoded %0A) included.
+    app.router.add_route("*", r"/{path:[\s\S]*}", endpoint(not_found, other))

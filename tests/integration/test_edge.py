@@ -168,8 +168,17 @@ async def test_a_request_the_parser_rejects_gets_the_envelope_and_quotes_nothing
             # the connection then ends at the keep-alive timeout, having echoed nothing.
             marks=pytest.mark.skipif(NO_EXTENSIONS, reason="the C parser routes CONNECT"),
         ),
+        (_get("//status"), 404, "NOT_FOUND"),
+        (_get("/status%0A"), 404, "NOT_FOUND"),
+        (_get("/%0Astatus"), 404, "NOT_FOUND"),
     ],
-    ids=["unknown expectation", "CONNECT"],
+    ids=[
+        "unknown expectation",
+        "CONNECT",
+        "a path the router reads as a host",
+        "a line break at the end",
+        "a line break at the start",
+    ],
 )
 async def test_errors_raised_around_the_routes_use_the_envelope(
     service: Service, request_bytes: bytes, status: int, code: str
