@@ -9,7 +9,10 @@ Two pieces, both free of I/O so they can be tested exhaustively:
   counted twice, and the set of gaps does not grow without bound.
 * ``AuditTally`` accumulates what was read: lifetime counts per product and action, the
   boot-duration histogram, the most recent boot durations, and the rows of the last hour
-  for the rolling-window figures.
+  for the rolling-window figures. It hands out each product's figures as one frozen
+  ``ProductAudit`` and hands out the very same object again for as long as nothing of that
+  product changed, so a refresh tells an unchanged product by identity, without copying
+  its figures.
 """
 
 from __future__ import annotations
@@ -251,6 +254,17 @@ class ProductAudit:
     boot_histogram: BootHistogram
 
 
+@dataclass(frozen=True, slots=True)
+class _Issued:
+    """A ``ProductAudit`` handed out, and the span of ``now`` over which it stays true."""
+
+    audit: ProductAudit
+    since: datetime
+    until: datetime
+    """The first moment a last-hour count moves: a row leaves the window or a row stamped
+    later than ``since`` enters it."""
+
+
 class AuditTally:
     """Running audit figures per product, fed by the start-up pass and then row by row."""
 
@@ -269,6 +283,7 @@ class AuditTally:
         self._histograms: dict[str, _Histogram] = {}
         self._boot_samples: defaultdict[str, list[tuple[int, int]]] = defaultdict(list)
         self._recent: defaultdict[tuple[str, EventCategory], list[datetime]] = defaultdict(list)
+        self._issued: dict[str, _Issued] = {}
 
     @property
     def thresholds_ms(self) -> tuple[int, ...]:
@@ -285,9 +300,11 @@ class AuditTally:
         return histogram
 
     def add_count(self, product_id: str, action: str, rows: int) -> None:
+        self._issued.pop(product_id, None)
         self._lifetime[product_id][self._action_key(action)] += rows
 
     def add_boot_bucket(self, product_id: str, bucket: int, rows: int, sum_ms: int) -> None:
+        self._issued.pop(product_id, None)
         histogram = self._histogram(product_id)
         histogram.bucket_counts[bucket] += rows
         histogram.sum_ms += sum_ms
@@ -301,12 +318,14 @@ class AuditTally:
         return sample is None or len(sample) < self._sample_size or sample[0][0] <= audit_id
 
     def add_boot_sample(self, product_id: str, audit_id: int, duration_ms: int) -> None:
+        self._issued.pop(product_id, None)
         sample = self._boot_samples[product_id]
         bisect.insort(sample, (audit_id, duration_ms))
         if len(sample) > self._sample_size:
             del sample[: len(sample) - self._sample_size]
 
     def add_recent(self, product_id: str, action: str, timestamp: datetime) -> None:
+        self._issued.pop(product_id, None)
         for category in self._categories.categories_of(action):
             bisect.insort(self._recent[(product_id, category)], timestamp)
 
@@ -350,6 +369,7 @@ class AuditTally:
     def restore(self, state: Mapping[str, object]) -> None:
         """Load what ``to_state`` saved (into a fresh tally with the same settings);
         ValueError/TypeError/KeyError for anything else."""
+        self._issued.clear()
         buckets = len(self._thresholds) + 1
         for product, counts in _mapping(state["lifetime"]).items():
             for action, rows in _mapping(counts).items():
@@ -367,19 +387,31 @@ class AuditTally:
             self._recent[(str(product), EventCategory(category))] = moments
 
     def product_audit(self, product_id: str, now: datetime) -> ProductAudit:
+        """The product's figures as of ``now``: the object handed out last time when no row
+        of the product was counted since and its last-hour counts are still the same."""
+        issued = self._issued.get(product_id)
+        if issued is not None and issued.since <= now < issued.until:
+            return issued.audit
         last_hour = {}
+        until = datetime.max.replace(tzinfo=now.tzinfo)
         for category in EventCategory:
             timestamps = self._recent.get((product_id, category), [])
-            last_hour[category] = bisect.bisect_right(timestamps, now) - bisect.bisect_right(
-                timestamps, now - ROLLING_WINDOW
-            )
+            newer = bisect.bisect_right(timestamps, now)
+            leaving = bisect.bisect_right(timestamps, now - ROLLING_WINDOW)
+            last_hour[category] = newer - leaving
+            if newer < len(timestamps):
+                until = min(until, timestamps[newer])
+            if leaving < len(timestamps):
+                until = min(until, timestamps[leaving] + ROLLING_WINDOW)
         sample = self._boot_samples.get(product_id, [])
-        return ProductAudit(
+        audit = ProductAudit(
             lifetime_by_action=MappingProxyType(dict(self._lifetime.get(product_id, {}))),
             last_hour=MappingProxyType(last_hour),
             avg_boot_ms=average_ms(duration for _, duration in sample),
             boot_histogram=self._frozen_histogram(product_id),
         )
+        self._issued[product_id] = _Issued(audit, now, until)
+        return audit
 
     def _frozen_histogram(self, product_id: str) -> BootHistogram:
         histogram = self._histograms.get(product_id)

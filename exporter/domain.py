@@ -206,7 +206,12 @@ class ProductCensus:
 
     @classmethod
     def empty(cls) -> ProductCensus:
-        return cls(0, 0.0, MappingProxyType({OTHER: 0}))
+        """The figures of a product no census has seen: always the same object, so that a
+        fleet built with it is known unchanged by identity."""
+        return _EMPTY_CENSUS
+
+
+_EMPTY_CENSUS = ProductCensus(0, 0.0, MappingProxyType({OTHER: 0}))
 
 
 @dataclass(frozen=True, slots=True)

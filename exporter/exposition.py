@@ -266,10 +266,13 @@ class ExpositionRenderer:
         for fleet in ordered:
             product_id = fleet.product.product_id
             entry = previous.get(product_id)
-            if entry is None or (entry.fleet is not fleet and entry.fleet != fleet):
-                lines = tuple(product_lines(f, fleet, context) for f in FLEET_FAMILIES)
-                entry = _ProductEntry(fleet, lines)
-                self.last_rendered += 1
+            if entry is None or entry.fleet is not fleet:
+                if entry is not None and entry.fleet == fleet:
+                    entry = _ProductEntry(fleet, entry.lines)
+                else:
+                    lines = tuple(product_lines(f, fleet, context) for f in FLEET_FAMILIES)
+                    entry = _ProductEntry(fleet, lines)
+                    self.last_rendered += 1
             current[product_id] = entry
             entries.append(entry)
         self._products = current

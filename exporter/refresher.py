@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from types import MappingProxyType
 
 from exporter import queries
-from exporter.audit import DbSnapshot
+from exporter.audit import AuditTally, DbSnapshot, ProductAudit
 from exporter.audit_counter import AuditCounter, FirstRead, LiveRead
 from exporter.catalogue import ExpositionInput
 from exporter.config import Settings
@@ -42,6 +42,7 @@ from exporter.domain import (
 )
 from exporter.exposition import ExpositionRenderer, RenderedExposition
 from exporter.logs import log_event
+from exporter.loopguard import RefreshWork
 from exporter.refresh_stats import REFRESH_STAGES, RefreshStage, RefreshStats
 from exporter.views import RenderedViews, ViewsRenderer
 
@@ -83,6 +84,85 @@ class Published:
         return age > self.max_staleness_s
 
 
+def _same_figures(
+    fleet: ProductFleet,
+    product: Product,
+    engines_by_status: dict[str, int],
+    oldest_provisioning_age_s: float,
+    audit: ProductAudit,
+    census: ProductCensus,
+) -> bool:
+    """True when ``fleet`` was built from exactly these figures, which then need no new
+    fleet: the audit figures and the census compare by identity (the tally and the census
+    hand out the same objects while a product's figures stand), the rest in C. A fleet
+    built anew may still equal the previous one (a new census with the same figures); the
+    renderers then keep their pieces and take the new object."""
+    return (
+        fleet.lifetime_by_action is audit.lifetime_by_action
+        and fleet.last_hour is audit.last_hour
+        and fleet.boot_histogram is audit.boot_histogram
+        and fleet.census is census
+        and fleet.oldest_provisioning_age_s == oldest_provisioning_age_s
+        and fleet.engines_by_status == engines_by_status
+        and fleet.product == product
+    )
+
+
+def build_snapshot(
+    now: datetime,
+    products: list[Product],
+    engine_counts: list[queries.EngineCount],
+    tally: AuditTally,
+    census: EngineCensus | None,
+    previous: FleetSnapshot | None,
+    *,
+    audit_counted: bool,
+) -> FleetSnapshot:
+    """The snapshot of one refresh as of database time ``now``. A product whose figures are
+    those of its fleet in ``previous`` keeps that very fleet object (``_same_figures``): no
+    new objects for it, and the renderers know it by identity. Equal to what it builds with
+    ``previous=None``, whatever ``previous`` was."""
+    by_product: dict[str, dict[str, int]] = {p.product_id: {} for p in products}
+    oldest_provisioning: dict[str, datetime] = {}
+    for row in engine_counts:
+        by_product.setdefault(row.product_id, {})[row.status] = row.count
+        if row.status == "provisioning":
+            oldest_provisioning[row.product_id] = row.oldest_created_at
+    previous_fleets = previous.fleets if previous is not None else {}
+    fleets = {}
+    for product in products:
+        product_id = product.product_id
+        audit = tally.product_audit(product_id, now)
+        oldest = oldest_provisioning.get(product_id)
+        oldest_age_s = max(0.0, (now - oldest).total_seconds()) if oldest is not None else 0.0
+        product_census = census.of(product_id) if census else ProductCensus.empty()
+        engines_by_status = by_product[product_id]
+        fleet = previous_fleets.get(product_id)
+        if fleet is None or not _same_figures(
+            fleet, product, engines_by_status, oldest_age_s, audit, product_census
+        ):
+            fleet = ProductFleet(
+                product=product,
+                engines_by_status=MappingProxyType(engines_by_status),
+                oldest_provisioning_age_s=oldest_age_s,
+                lifetime_by_action=audit.lifetime_by_action,
+                last_hour=audit.last_hour,
+                avg_boot_ms=audit.avg_boot_ms,
+                boot_histogram=audit.boot_histogram,
+                census=product_census,
+            )
+        fleets[product_id] = fleet
+    return FleetSnapshot(
+        taken_at=now,
+        fleets=MappingProxyType(fleets),
+        products_by_key_hash=MappingProxyType(
+            {f.product.api_key_hash: f.product for f in fleets.values()}
+        ),
+        census_taken_at=census.taken_at if census else None,
+        audit_counted=audit_counted,
+    )
+
+
 class Refresher:
     """Refreshes on an interval, one refresh at a time, and publishes the result."""
 
@@ -108,6 +188,7 @@ class Refresher:
         self._replication_lag_s = 0.0
         self._exposition = ExpositionRenderer()
         self._views = ViewsRenderer(settings.health.critical_failed_ratio, self._categories)
+        self._work = RefreshWork()
         self._published = self._publish(None, None, None)
 
     @property
@@ -183,11 +264,16 @@ class Refresher:
                 )
                 previous = self._published
                 self._published = await asyncio.to_thread(
-                    self._publish, previous.snapshot, previous.last_success_unix, previous.views
+                    self._work.run,
+                    self._publish,
+                    previous.snapshot,
+                    previous.last_success_unix,
+                    previous.views,
                 )
                 return False
             first = isinstance(audit_read, FirstRead)
             self._published = await asyncio.to_thread(
+                self._work.run,
                 self._apply_and_publish,
                 audit_read,
                 snapshot,
@@ -239,7 +325,7 @@ class Refresher:
                 )
                 return False
             elapsed_s = time.monotonic() - started
-            await asyncio.to_thread(self._audit.apply_chunk, read, elapsed_s)
+            await asyncio.to_thread(self._work.run, self._audit.apply_chunk, read, elapsed_s)
             counted = self._audit.counted
             log_event(
                 logger,
@@ -283,8 +369,9 @@ class Refresher:
         started: float,
     ) -> Published:
         """The CPU half of a successful refresh, run off the event loop so that scrapes and
-        JSON answers stay quick while a large fleet is counted and rendered. Only the
-        refresher (under its lock) touches this state; handlers read ``published``."""
+        JSON answers stay quick while a large fleet is counted and rendered (in short GIL
+        slices, its survivors kept out of the collector's full passes: ``exporter.loopguard``).
+        Only the refresher (under its lock) touches this state; handlers read ``published``."""
         self._audit.apply(audit_read)
         if census_groups is not None:
             self._census = engine_census(
@@ -293,58 +380,20 @@ class Refresher:
                 snapshot.started_at,
                 self._settings.metrics.max_versions,
             )
-        fleet_snapshot = self._build_snapshot(snapshot, products, engine_counts)
+        fleet_snapshot = build_snapshot(
+            snapshot.started_at,
+            products,
+            engine_counts,
+            self._audit.tally,
+            self._census,
+            self._published.snapshot,
+            audit_counted=self._audit.counted,
+        )
         views = self._views.render(fleet_snapshot)
         self._last_duration_s = time.monotonic() - started
         self._database_up = True
         self._replication_lag_s = snapshot.replication_lag_s
         return self._publish(fleet_snapshot, self._clock(), views)
-
-    def _build_snapshot(
-        self,
-        snapshot: DbSnapshot,
-        products: list[Product],
-        engine_counts: list[queries.EngineCount],
-    ) -> FleetSnapshot:
-        now = snapshot.started_at
-        by_product: dict[str, dict[str, int]] = {p.product_id: {} for p in products}
-        oldest_provisioning: dict[str, datetime] = {}
-        for row in engine_counts:
-            by_product.setdefault(row.product_id, {})[row.status] = row.count
-            if row.status == "provisioning":
-                oldest_provisioning[row.product_id] = row.oldest_created_at
-        census = self._census
-        previous = self._published.snapshot
-        previous_fleets = previous.fleets if previous is not None else {}
-        fleets = {}
-        for product in products:
-            audit = self._audit.tally.product_audit(product.product_id, now)
-            oldest = oldest_provisioning.get(product.product_id)
-            fleet = ProductFleet(
-                product=product,
-                engines_by_status=MappingProxyType(by_product[product.product_id]),
-                oldest_provisioning_age_s=max(0.0, (now - oldest).total_seconds())
-                if oldest is not None
-                else 0.0,
-                lifetime_by_action=audit.lifetime_by_action,
-                last_hour=audit.last_hour,
-                avg_boot_ms=audit.avg_boot_ms,
-                boot_histogram=audit.boot_histogram,
-                census=census.of(product.product_id) if census else ProductCensus.empty(),
-            )
-            unchanged = previous_fleets.get(product.product_id)
-            if unchanged is not None and unchanged == fleet:
-                fleet = unchanged
-            fleets[product.product_id] = fleet
-        return FleetSnapshot(
-            taken_at=now,
-            fleets=MappingProxyType(fleets),
-            products_by_key_hash=MappingProxyType(
-                {f.product.api_key_hash: f.product for f in fleets.values()}
-            ),
-            census_taken_at=census.taken_at if census else None,
-            audit_counted=self._audit.counted,
-        )
 
     def _publish(
         self,

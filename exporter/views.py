@@ -92,13 +92,16 @@ class ViewsRenderer:
         self.last_rendered = 0
         for product_id, fleet in snapshot.fleets.items():
             bodies = previous.get(product_id)
-            if bodies is None or (bodies.fleet is not fleet and bodies.fleet != fleet):
-                bodies = _ProductBodies(
-                    fleet,
-                    _json(status_view(fleet, self._critical_failed_ratio)),
-                    _json(metrics_view(fleet, self._categories)),
-                )
-                self.last_rendered += 1
+            if bodies is None or bodies.fleet is not fleet:
+                if bodies is not None and bodies.fleet == fleet:
+                    bodies = _ProductBodies(fleet, bodies.status, bodies.metrics)
+                else:
+                    bodies = _ProductBodies(
+                        fleet,
+                        _json(status_view(fleet, self._critical_failed_ratio)),
+                        _json(metrics_view(fleet, self._categories)),
+                    )
+                    self.last_rendered += 1
             current[product_id] = bodies
         self._products = current
         return RenderedViews(

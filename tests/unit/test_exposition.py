@@ -12,7 +12,7 @@ import json
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 
 from hypothesis import given, settings
@@ -28,6 +28,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from exporter.audit import AuditRow, AuditTally
 from exporter.catalogue import (
     FAMILIES,
     ExpositionInput,
@@ -41,14 +42,18 @@ from exporter.domain import (
     ENGINE_STATES,
     ActionCategories,
     BootHistogram,
+    EngineGroup,
     EventCategory,
     FleetSnapshot,
     Product,
     ProductCensus,
     ProductFleet,
+    engine_census,
 )
 from exporter.exposition import GZIP_SEGMENT_PRODUCTS, ExpositionRenderer, RenderedExposition
+from exporter.queries import EngineCount
 from exporter.refresh_stats import RefreshStats
+from exporter.refresher import build_snapshot
 from exporter.views import ViewsRenderer, metrics_view, status_view
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -328,3 +333,156 @@ def test_gzip_segments_of_unchanged_products_are_not_compressed_again() -> None:
     # one run of products per fleet family, the headers and the self-metrics
     assert 0 < renderer.last_compressed_bytes < len(second.text.plain) / 5
     assert gzip.decompress(second.openmetrics.gzipped) == second.openmetrics.plain
+
+
+_POOL = tuple(f"p{n}" for n in range(5))
+_STATUSES = ("provisioning", "running", "failed", "hibernating")
+_ACTIONS = ("provision", "health_failed", "restart", "destroy", "custom_action")
+_STEPS_S = (0.0, 1.0, 59.0, 600.0, 3599.0, 3600.0, 3601.0, 7200.0)
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One refresh as the refresher sees it: the database's rows at ``now``."""
+
+    now: datetime
+    products: tuple[Product, ...]
+    engine_counts: tuple[EngineCount, ...]
+    audit_rows: tuple[AuditRow, ...]
+    census_groups: tuple[EngineGroup, ...] | None
+    """A census taken at this refresh, or None to carry the last one."""
+
+
+@st.composite
+def _steps(draw: st.DrawFn) -> list[_Step]:
+    """Refreshes over a few products in which most figures repeat: products come and go or
+    change their quota, engine counts move for some, audit rows arrive (some stamped in the
+    future or older than the window), time jumps across window edges, censuses come."""
+    now = NOW
+    steps = []
+    next_id = 1
+    for index in range(draw(st.integers(1, 8))):
+        now += timedelta(seconds=draw(st.sampled_from(_STEPS_S)))
+        present = sorted(draw(st.sets(st.sampled_from(_POOL), min_size=0, max_size=5)))
+        products = tuple(
+            Product(pid, f"slug-{pid}", pid.upper(), f"{pid}-key", draw(st.sampled_from((None, 5))))
+            for pid in present
+        )
+        counts = []
+        for pid in present:
+            for status in draw(st.sets(st.sampled_from(_STATUSES), max_size=2)):
+                created = now - timedelta(seconds=draw(st.sampled_from((0, 30, 5000))))
+                counts.append(EngineCount(pid, status, draw(st.integers(1, 3)), created))
+        rows = []
+        for _ in range(draw(st.integers(0, 4))):
+            offset_s = draw(st.sampled_from((-4000, -3600, -1800, -1, 0, 30)))
+            rows.append(
+                AuditRow(
+                    next_id,
+                    draw(st.sampled_from((*_POOL, None))),
+                    draw(st.sampled_from(_ACTIONS)),
+                    now + timedelta(seconds=offset_s),
+                    draw(st.none() | st.integers(0, 70_000)),
+                )
+            )
+            next_id += 1
+        census = None
+        if index == 0 or draw(st.integers(0, 3)) == 0:
+            census = tuple(
+                EngineGroup(
+                    c.product_id,
+                    c.status,
+                    draw(st.sampled_from(("1.0", "2.0"))),
+                    c.count,
+                    c.oldest_created_at,
+                    draw(st.integers(0, c.count)),
+                    now - timedelta(seconds=draw(st.sampled_from((10, 100)))),
+                )
+                for c in counts
+            )
+        steps.append(_Step(now, products, tuple(counts), tuple(rows), census))
+    return steps
+
+
+def _tally() -> AuditTally:
+    return AuditTally(CATEGORIES, BOUNDS_S, 3)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_steps())
+def test_a_refresh_that_reuses_unchanged_products_publishes_what_a_full_build_does(
+    steps: Sequence[_Step],
+) -> None:
+    """The refresher's path (one tally handing out unchanged figures again, fleets kept by
+    identity, both renderers keeping their pieces) against a tally replayed from nothing, a
+    snapshot built without a previous one and a full render, at every refresh."""
+    tally = _tally()
+    exposition = ExpositionRenderer(2)
+    views = ViewsRenderer(0.1, CATEGORIES)
+    previous = None
+    census = None
+    history: list[tuple[AuditRow, datetime]] = []
+    for step in steps:
+        for row in step.audit_rows:
+            tally.add_row(row, step.now)
+            history.append((row, step.now))
+        tally.prune(step.now)
+        product_ids = [p.product_id for p in step.products]
+        if step.census_groups is not None:
+            census = engine_census(step.census_groups, product_ids, step.now, 1)
+        counts = list(step.engine_counts)
+        snapshot = build_snapshot(
+            step.now, list(step.products), counts, tally, census, previous, audit_counted=True
+        )
+        replayed = _tally()
+        for row, added_at in history:
+            replayed.add_row(row, added_at)
+        expected = build_snapshot(
+            step.now, list(step.products), counts, replayed, census, None, audit_counted=True
+        )
+        assert snapshot == expected
+        data = replace(_snapshot_input(()), snapshot=snapshot)
+        _assert_same_as_reference(exposition.render(data), replace(data, snapshot=expected))
+        rendered = views.render(snapshot)
+        for product_id, fleet in expected.fleets.items():
+            assert rendered.status[product_id] == _json(status_view(fleet, 0.1))
+            assert rendered.metrics[product_id] == _json(metrics_view(fleet, CATEGORIES))
+        previous = snapshot
+
+
+def test_an_unchanged_product_keeps_its_fleet_object_and_costs_no_render() -> None:
+    tally = _tally()
+    products = [Product(pid, f"slug-{pid}", pid, f"{pid}-key") for pid in _POOL]
+    counts = [EngineCount(pid, "running", 2, NOW) for pid in _POOL]
+    census = engine_census([], _POOL, NOW, 1)
+    exposition = ExpositionRenderer()
+    first = build_snapshot(NOW, products, counts, tally, census, None, audit_counted=True)
+    exposition.render(replace(_snapshot_input(()), snapshot=first))
+
+    tally.add_row(AuditRow(1, "p3", "provision", NOW, 1500), NOW)
+    later = NOW + timedelta(seconds=15)
+    # the next refresh fetches new, equal rows
+    products = [replace(p) for p in products]
+    counts = [replace(c) for c in counts]
+    second = build_snapshot(later, products, counts, tally, census, first, audit_counted=True)
+    exposition.render(replace(_snapshot_input(()), snapshot=second))
+
+    kept = [pid for pid in _POOL if second.fleets[pid] is first.fleets[pid]]
+    assert kept == ["p0", "p1", "p2", "p4"]
+    assert second.fleets["p3"].lifetime_by_action == {"provision": 1}
+    assert exposition.last_rendered == 1
+
+
+def test_a_product_whose_audit_row_leaves_the_hour_is_rebuilt_then() -> None:
+    tally = _tally()
+    tally.add_row(AuditRow(1, "p0", "health_failed", NOW, None), NOW)
+    products = [Product("p0", "slug-p0", "P0", "p0-key")]
+    first = build_snapshot(NOW, products, [], tally, None, None, audit_counted=True)
+    almost = NOW + timedelta(minutes=59, seconds=59)
+    kept = build_snapshot(almost, products, [], tally, None, first, audit_counted=True)
+    gone = build_snapshot(
+        NOW + timedelta(hours=1), products, [], tally, None, kept, audit_counted=True
+    )
+    assert kept.fleets["p0"] is first.fleets["p0"]
+    assert first.fleets["p0"].last_hour[EventCategory.CRASH] == 1
+    assert gone.fleets["p0"].last_hour[EventCategory.CRASH] == 0
