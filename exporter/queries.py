@@ -8,6 +8,7 @@ knows the total); ``check`` runs the schema statements.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -71,12 +72,14 @@ next id is left unknown."""
 PRODUCTS = Statement(
     "products",
     """
-    SELECT id::text, slug, display_name, lower(api_key_hash), policy -> 'max_engines'
+    SELECT id::text, slug, display_name, lower(api_key_hash), (policy -> 'max_engines')::text
     FROM products
     ORDER BY slug
     """,
 )
-"""``->`` on a policy that is not an object (an array, a scalar) is NULL, never an error."""
+"""``->`` on a policy that is not an object (an array, a scalar) is NULL, never an error.
+The quota comes as JSON text, decoded once per distinct value: thousands of products share
+a handful of policies."""
 
 ENGINE_COUNTS = Statement(
     "engine_counts",
@@ -294,11 +297,14 @@ async def fetch_snapshot(tx: Transaction) -> DbSnapshot:
 
 
 async def fetch_products(tx: Transaction) -> list[Product]:
-    return [
-        Product(product_id, slug, name, key_hash, quota_from_policy(max_engines))
-        async for batch in tx.fetch_batches(PRODUCTS)
-        for product_id, slug, name, key_hash, max_engines in batch
-    ]
+    quotas: dict[str | None, int | None] = {None: None}
+    products = []
+    async for batch in tx.fetch_batches(PRODUCTS):
+        for product_id, slug, name, key_hash, max_engines in batch:
+            if max_engines not in quotas:
+                quotas[max_engines] = quota_from_policy(json.loads(max_engines))
+            products.append(Product(product_id, slug, name, key_hash, quotas[max_engines]))
+    return products
 
 
 @dataclass(frozen=True, slots=True)
