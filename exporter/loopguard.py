@@ -1,0 +1,83 @@
+"""Keeping the event loop responsive while a refresh's CPU work runs in a worker thread.
+
+The refresher builds and renders each snapshot in a worker thread (``asyncio.to_thread``),
+which shares the GIL with the event loop. Measured in-process at 5,000 products, two things
+made a ``/status`` answer wait behind that work:
+
+* **The GIL switch interval.** A thread that wants the GIL waits for the holder to drop it,
+  which a running thread does every ``sys.getswitchinterval()`` (5 ms by default): each time
+  the loop had a request to answer during a refresh it could wait that long. While the
+  refresh's work runs the interval is ``SWITCH_INTERVAL_S``; the thread then hands the GIL
+  back within half a millisecond, at the cost of a few more hand-overs (each a few
+  microseconds) while it runs. Outside the work the previous interval is restored.
+* **Full passes of the cyclic garbage collector.** Each refresh allocates enough objects to
+  trigger one every other refresh, and a full pass walks every long-lived object: the
+  snapshot, the rendered pieces and the audit tally of every product (about 100k objects,
+  25-50 ms with the GIL held, wherever it starts). After each refresh the survivors are
+  moved to the collector's permanent generation (``gc.freeze``), which full passes skip, so
+  they walk only what the latest refresh allocated. Those objects are still freed by their
+  reference counts as usual (a snapshot replaced is released at once); what a frozen object
+  cannot be is collected as part of a reference cycle. So that such cycles (rare: the
+  snapshot and its pieces hold none) do not pile up, once every ``FULL_COLLECTION_INTERVAL_S``
+  everything is unfrozen and collected in one full pass, in the worker: one pause of that
+  size an hour instead of one every couple of refreshes.
+
+Moving the work into a process of its own was the other way considered: it would also need
+the audit tally and the rendered pieces (hundreds of megabytes at this scale) to cross the
+process boundary or live there, with the snapshot sent back on every refresh; with the two
+measures above the loop waits at most a couple of milliseconds, which the measurements in
+``docs/design/scaling.md`` show.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+import time
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+SWITCH_INTERVAL_S = 0.0005
+"""The GIL switch interval while a refresh's CPU work runs."""
+FULL_COLLECTION_INTERVAL_S = 3600.0
+"""How often the long-lived objects are handed back to the collector for one full pass."""
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+class RefreshWork:
+    """Runs the refresh's CPU work in short GIL slices and settles what it leaves behind.
+
+    One owner (the refresher, under its lock) calls ``run`` from its worker thread.
+    """
+
+    def __init__(
+        self,
+        *,
+        full_collection_interval_s: float = FULL_COLLECTION_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._full_collection_interval_s = full_collection_interval_s
+        self._clock = clock
+        self._last_full_collection = clock()
+
+    def run(self, work: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """``work(*args, **kwargs)`` with the short switch interval, then ``settle``."""
+        previous = sys.getswitchinterval()
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
+        try:
+            result = work(*args, **kwargs)
+        finally:
+            sys.setswitchinterval(previous)
+        self.settle()
+        return result
+
+    def settle(self) -> None:
+        """Freeze what is alive now; first, when it is due, collect everything once."""
+        now = self._clock()
+        if now - self._last_full_collection >= self._full_collection_interval_s:
+            self._last_full_collection = now
+            gc.unfreeze()
+            gc.collect()
+        gc.freeze()

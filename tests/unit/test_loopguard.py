@@ -1,0 +1,80 @@
+"""The refresh's CPU work: short GIL slices while it runs, its survivors frozen after it."""
+
+from __future__ import annotations
+
+import gc
+import sys
+import weakref
+from collections.abc import Iterator
+
+import pytest
+
+from exporter.loopguard import SWITCH_INTERVAL_S, RefreshWork
+
+
+@pytest.fixture(autouse=True)
+def _unfrozen() -> Iterator[None]:
+    yield
+    gc.unfreeze()
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _Plain:
+    pass
+
+
+class _Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_the_work_runs_with_the_short_switch_interval_and_the_previous_one_comes_back() -> None:
+    before = sys.getswitchinterval()
+    seen = RefreshWork().run(sys.getswitchinterval)
+    assert seen == SWITCH_INTERVAL_S != before
+    assert sys.getswitchinterval() == before
+
+
+def test_the_previous_switch_interval_comes_back_when_the_work_fails() -> None:
+    before = sys.getswitchinterval()
+
+    def fails() -> None:
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        RefreshWork().run(fails)
+    assert sys.getswitchinterval() == before
+
+
+def test_what_the_work_leaves_alive_is_frozen_and_still_freed_by_its_references() -> None:
+    gc.unfreeze()
+    kept: list[_Plain] = []
+    RefreshWork().run(lambda: kept.append(_Plain()))
+    assert gc.get_freeze_count() > 0
+    reference = weakref.ref(kept[0])
+    kept.clear()
+    assert reference() is None
+
+
+def test_a_cycle_frozen_dead_is_collected_once_the_full_collection_is_due() -> None:
+    clock = _Clock()
+    work = RefreshWork(full_collection_interval_s=60, clock=clock)
+    cycle = _Cycle()
+    reference = weakref.ref(cycle)
+    work.settle()
+    del cycle
+    gc.collect()
+    assert reference() is not None  # frozen: full passes skip it
+    clock.now += 59
+    work.settle()
+    assert reference() is not None
+    clock.now += 1
+    work.settle()
+    assert reference() is None
