@@ -2,7 +2,8 @@
 
 ``ExpositionRenderer.render`` turns an ``ExpositionInput`` into every body a scrape may ask
 for — text 0.0.4 and OpenMetrics 1.0, each plain and gzipped, each with and without the fleet
-data — so a scrape only picks bytes that already exist. Its answer is a pure function of its
+data — so a scrape only appends the live self-metrics to bytes that already exist (each
+body is kept open, before its closing line and gzip trailer, for that). Its answer is a pure function of its
 input, byte for byte what prometheus-client renders for the catalogue's families; what it
 remembers between calls only saves work:
 
@@ -63,14 +64,14 @@ _OPENMETRICS_EOF = b"# EOF\n"
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 """Magic, deflate, no flags, mtime 0, no extra flags, OS unknown: what ``gzip.compress``
 writes with ``mtime=0``."""
-_DEFLATE_END = b"\x03\x00"
-"""An empty final fixed-Huffman block: closes a stream of sync-flushed segments."""
 
 
 @dataclass(frozen=True, slots=True)
 class Body:
-    plain: bytes
-    gzipped: bytes
+    """One body, kept open for the live families a scrape appends (``plain_with``,
+    ``gzipped_with``): the closed forms are made on demand, never stored, so a published
+    exposition holds each multi-megabyte body once."""
+
     open_plain: bytes
     """The body before its closing line (OpenMetrics' ``# EOF``; nothing in text format)."""
     open_gzipped: bytes
@@ -78,6 +79,14 @@ class Body:
     open_crc: int
     """CRC-32 of ``open_plain``, for a trailer over more bytes appended to it."""
     closing: bytes
+
+    @property
+    def plain(self) -> bytes:
+        return self.plain_with(b"")
+
+    @property
+    def gzipped(self) -> bytes:
+        return self.gzipped_with(b"")
 
     def plain_with(self, tail: bytes) -> bytes:
         """The body with ``tail`` before the closing line."""
@@ -212,16 +221,11 @@ class _Assembly:
         self.plain.append(plain)
         self.deflated.append(deflated)
 
-    def body(self, closing: tuple[bytes, bytes] | None = None) -> Body:
-        """The body, ended by ``closing`` (its plain and deflated forms) when given."""
+    def body(self, closing: bytes = b"") -> Body:
+        """The body, ended by ``closing`` (OpenMetrics' ``# EOF``)."""
         open_plain = b"".join(self.plain)
         open_gzipped = b"".join((_GZIP_HEADER, *self.deflated))
-        open_crc = zlib.crc32(open_plain)
-        closing_plain, closing_deflated = closing or (b"", b"")
-        plain = open_plain + closing_plain
-        trailer = struct.pack("<II", zlib.crc32(closing_plain, open_crc), len(plain) & 0xFFFFFFFF)
-        gzipped = b"".join((open_gzipped, closing_deflated, _DEFLATE_END, trailer))
-        return Body(plain, gzipped, open_plain, open_gzipped, open_crc, closing_plain)
+        return Body(open_plain, open_gzipped, zlib.crc32(open_plain), closing)
 
 
 class ExpositionRenderer:
@@ -318,8 +322,7 @@ class ExpositionRenderer:
                 deflated = self._deflated(run, segments)
                 text.add(plain, deflated)
                 openmetrics.add(plain, deflated)
-        eof = (_OPENMETRICS_EOF, self._deflated((_OPENMETRICS_EOF,), segments))
-        return text.body(), openmetrics.body(closing=eof)
+        return text.body(), openmetrics.body(closing=_OPENMETRICS_EOF)
 
     def _deflated(self, run: tuple[bytes, ...], segments: dict[tuple[bytes, ...], bytes]) -> bytes:
         """The run's deflated bytes, from the previous body when it had the very same run.

@@ -13,14 +13,16 @@ made a ``/status`` answer wait behind that work:
 * **Full passes of the cyclic garbage collector.** Each refresh allocates enough objects to
   trigger one every other refresh, and a full pass walks every long-lived object: the
   snapshot, the rendered pieces and the audit tally of every product (about 100k objects,
-  25-50 ms with the GIL held, wherever it starts). After each refresh the survivors are
-  moved to the collector's permanent generation (``gc.freeze``), which full passes skip, so
-  they walk only what the latest refresh allocated. Those objects are still freed by their
-  reference counts as usual (a snapshot replaced is released at once); what a frozen object
-  cannot be is collected as part of a reference cycle. So that such cycles (rare: the
-  snapshot and its pieces hold none) do not pile up, once every ``FULL_COLLECTION_INTERVAL_S``
-  everything is unfrozen and collected in one full pass, in the worker: one pause of that
-  size an hour instead of one every couple of refreshes.
+  25-50 ms with the GIL held, wherever it starts). While the work runs, automatic
+  collection is off (a refresh that renders every product allocates hundreds of thousands
+  of objects, and each collection on the way would walk all of them again); after it, the
+  survivors are moved to the collector's permanent generation (``gc.freeze``), which
+  collections skip, so they walk only what was allocated since. Frozen objects are still
+  freed by their reference counts as usual (a snapshot replaced is released at once); what
+  a frozen object cannot be is collected as part of a reference cycle. So that such cycles
+  (rare: the snapshot and its pieces hold none) do not pile up, once every
+  ``FULL_COLLECTION_INTERVAL_S`` everything is unfrozen and collected in one full pass, in
+  the worker: one pause of that size an hour instead of one every couple of refreshes.
 
 Moving the work into a process of its own was the other way considered: it would also need
 the audit tally and the rendered pieces (hundreds of megabytes at this scale) to cross the
@@ -63,14 +65,19 @@ class RefreshWork:
         self._last_full_collection = clock()
 
     def run(self, work: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
-        """``work(*args, **kwargs)`` with the short switch interval, then ``settle``."""
+        """``work(*args, **kwargs)`` with the short switch interval and no automatic
+        collection, then ``settle``."""
         previous = sys.getswitchinterval()
+        collecting = gc.isenabled()
         sys.setswitchinterval(SWITCH_INTERVAL_S)
+        gc.disable()
         try:
             result = work(*args, **kwargs)
         finally:
             sys.setswitchinterval(previous)
-        self.settle()
+            self.settle()
+            if collecting:
+                gc.enable()
         return result
 
     def settle(self) -> None:

@@ -239,13 +239,13 @@ class Refresher:
                     products = await queries.fetch_products(tx)
                     stage = RefreshStage.ENGINES
                     census_groups: list[EngineGroup] | None = None
+                    engine_counts: list[queries.EngineCount] | None = None
                     if self._census_due(snapshot.started_at, products):
                         census_groups = await queries.fetch_engine_census(
                             tx,
                             snapshot.started_at
                             - timedelta(seconds=self._settings.health.probe_overdue_s),
                         )
-                        engine_counts = queries.engine_counts_of(census_groups)
                     else:
                         engine_counts = await queries.fetch_engine_counts(tx)
                     stage = RefreshStage.AUDIT
@@ -364,7 +364,7 @@ class Refresher:
         audit_read: LiveRead | FirstRead,
         snapshot: DbSnapshot,
         products: list[Product],
-        engine_counts: list[queries.EngineCount],
+        engine_counts: list[queries.EngineCount] | None,
         census_groups: list[EngineGroup] | None,
         started: float,
     ) -> Published:
@@ -374,12 +374,14 @@ class Refresher:
         Only the refresher (under its lock) touches this state; handlers read ``published``."""
         self._audit.apply(audit_read)
         if census_groups is not None:
+            engine_counts = queries.engine_counts_of(census_groups)
             self._census = engine_census(
                 census_groups,
                 (product.product_id for product in products),
                 snapshot.started_at,
                 self._settings.metrics.max_versions,
             )
+        assert engine_counts is not None, "the counts of a refresh without the census"
         fleet_snapshot = build_snapshot(
             snapshot.started_at,
             products,

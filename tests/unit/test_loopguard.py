@@ -78,3 +78,9 @@ def test_a_cycle_frozen_dead_is_collected_once_the_full_collection_is_due() -> N
     clock.now += 1
     work.settle()
     assert reference() is None
+
+
+def test_no_automatic_collection_runs_during_the_work_and_it_is_on_again_after() -> None:
+    assert gc.isenabled()
+    assert RefreshWork().run(gc.isenabled) is False
+    assert gc.isenabled()
