@@ -4,8 +4,8 @@
 for — text 0.0.4 and OpenMetrics 1.0, each plain and gzipped, each with and without the fleet
 data — so a scrape only appends the live self-metrics to bytes that already exist (each
 body is kept open, before its closing line and gzip trailer, for that). Its answer is a pure
-function of its input, byte for byte what prometheus-client renders for the catalogue's families; what it
-remembers between calls only saves work:
+function of its input, byte for byte what prometheus-client renders for the catalogue's
+families; what it remembers between calls only saves work:
 
 * each product's sample lines per fleet family are kept with the ``ProductFleet`` they came
   from and rendered again only when that value (or the ``FleetContext``) changes; the lines
