@@ -4,17 +4,24 @@ One fleet is generated in a throwaway PostgreSQL; ``fleet-exporter serve`` answe
 ``/prometheus``, ``/status`` and ``/metrics``, each side by side with a bare aiohttp process
 serving the very same bytes, in interleaved A/B pairs (``bench.pairs``), first in plain HTTP,
 then both over TLS (the exporter by its web configuration file, the bare server with the same
-certificate), loaded by wrk with keep-alive connections. The table is printed and, unless
-``--no-append``, added to ``bench/RESULTS.md``.
+certificate), loaded by wrk with keep-alive connections. Beside the throughput each side's
+CPU time per request is read from ``/proc`` (user and system time of the server process over
+the run, divided by the requests it answered): on a shared machine a busy neighbour lowers
+both sides' requests per second, but much less what one request costs. The table is
+printed and, unless ``--no-append``, added to ``bench/RESULTS.md``; ``--plain-only`` skips
+the TLS half (for quick looks, not for the record).
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import os
 import ssl
+import statistics
 import tempfile
 import urllib.request
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,7 +32,7 @@ from bench.generate import Scale, bench_key, generate
 from bench.load import LoadResult, ensure_wrk, run_load, tool_name
 from bench.pairs import PairedRatio, paired_ratio, run_interleaved
 from bench.processes import ManagedProcess, start_bare, start_exporter, wait_for
-from bench.report import machine
+from bench.report import load_average, machine, machine_load_text
 from exporter.loopback import http_get
 from exporter.pgcluster import EmbeddedPostgres, apply_schema
 
@@ -34,6 +41,24 @@ CONNECTIONS = 16
 LOAD_SECONDS = 2
 PATHS = ("/prometheus", "/status", "/metrics")
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class ServedRun:
+    """One load run against one server: the load figures and the server's CPU per request."""
+
+    load: LoadResult
+    cpu_us_per_request: float
+
+    @property
+    def rps(self) -> float:
+        return self.load.rps
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
 def _fetch(url: str, headers: dict[str, str]) -> tuple[bytes, str]:
@@ -44,20 +69,30 @@ def _fetch(url: str, headers: dict[str, str]) -> tuple[bytes, str]:
 
 
 def _compare(
-    wrk: str | None, base: str, bare_base: str, key: dict[str, str]
-) -> dict[str, PairedRatio[LoadResult]]:
-    def load(url: str, headers: dict[str, str] | None) -> LoadResult:
-        return run_load(wrk, url, seconds=LOAD_SECONDS, connections=CONNECTIONS, headers=headers)
+    wrk: str | None,
+    ours: tuple[str, int],
+    bare: tuple[str, int],
+    key: dict[str, str],
+) -> dict[str, PairedRatio[ServedRun]]:
+    """Each path on both servers, given as (base URL, pid), in interleaved pairs."""
+
+    def load(base: str, pid: int, path: str, headers: dict[str, str] | None) -> ServedRun:
+        before = _cpu_s(pid)
+        result = run_load(
+            wrk, f"{base}{path}", seconds=LOAD_SECONDS, connections=CONNECTIONS, headers=headers
+        )
+        used_s = _cpu_s(pid) - before
+        return ServedRun(result, used_s / max(1, result.requests) * 1e6)
 
     figures = {}
     for path in PATHS:
         headers = key if path != "/prometheus" else None
-        ours, bare = run_interleaved(
-            functools.partial(load, f"{base}{path}", headers),
-            functools.partial(load, f"{bare_base}{path}", None),
+        runs = run_interleaved(
+            functools.partial(load, *ours, path, headers),
+            functools.partial(load, *bare, path, None),
         )
-        figures[path] = paired_ratio(ours, bare, lambda result: result.rps)
-        print(f"{base}{path}: {figures[path].text()}", flush=True)
+        figures[path] = paired_ratio(*runs, lambda run: run.rps)
+        print(f"{ours[0]}{path}: {figures[path].text()}", flush=True)
     return figures
 
 
@@ -79,7 +114,7 @@ def _certificate(workdir: Path) -> tuple[Path, Path]:
 
 def _measure(
     workdir: Path, dsn: str, wrk: str | None, *, tls: bool
-) -> dict[str, PairedRatio[LoadResult]]:
+) -> dict[str, PairedRatio[ServedRun]]:
     web_config = certificate = None
     if tls:
         certificate = _certificate(workdir)
@@ -105,51 +140,70 @@ def _measure(
             bodies[path] = _fetch(f"{base}{path}", key)
         bare, bare_base = start_bare(workdir, bodies, certificate)
         bare.wait_http(f"{bare_base}/prometheus", timeout_s=30)
-        return _compare(wrk, base, bare_base, key)
+        return _compare(wrk, (base, exporter.pid), (bare_base, bare.pid), key)
     finally:
         if bare is not None:
             bare.stop()
         exporter.stop()
 
 
-def _table(
-    plain: dict[str, PairedRatio[LoadResult]], tls: dict[str, PairedRatio[LoadResult]]
-) -> str:
+def _table(figures: dict[str, dict[str, PairedRatio[ServedRun]]]) -> str:
+    """One row per transport and endpoint: requests per second of the median pair, the pair
+    ratio, and CPU per request (medians of each side's runs; its ratio bare / exporter, so
+    that for both ratios 1.0 is parity and lower is costlier)."""
     rows = [
-        "| endpoint | exporter req/s | bare aiohttp req/s | ratio (median of 7 pairs, min-max) "
-        "| TLS: exporter req/s | TLS: bare req/s | TLS ratio (min-max) |",
-        "|---|---|---|---|---|---|---|",
+        "| transport | endpoint | exporter req/s | bare aiohttp req/s "
+        "| throughput ratio (median of 7 pairs, min-max) "
+        "| exporter CPU µs/request | bare CPU µs/request | CPU ratio bare/exporter (min-max) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for path in PATHS:
-        cells = [f"`{path}`"]
-        for figures in (plain, tls):
-            ours, bare = figures[path].median_pair
-            cells += [f"{ours.rps:,.0f}", f"{bare.rps:,.0f}", figures[path].text()]
-        rows.append("| " + " | ".join(cells) + " |")
+    for transport, by_path in figures.items():
+        for path in PATHS:
+            pairs = by_path[path]
+            ours, bare = pairs.median_pair
+            cpu = paired_ratio(pairs.ours, pairs.reference, lambda run: 1 / run.cpu_us_per_request)
+            cells = [
+                transport,
+                f"`{path}`",
+                f"{ours.rps:,.0f}",
+                f"{bare.rps:,.0f}",
+                pairs.text(),
+                f"{statistics.median(run.cpu_us_per_request for run in pairs.ours):.1f}",
+                f"{statistics.median(run.cpu_us_per_request for run in pairs.reference):.1f}",
+                cpu.text(),
+            ]
+            rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--no-append", action="store_true", help="print only")
+    parser.add_argument(
+        "--plain-only", action="store_true", help="plain HTTP only (implies --no-append)"
+    )
     args = parser.parse_args(argv)
     wrk = ensure_wrk()
+    load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="bench-edge-") as temp, EmbeddedPostgres() as cluster:
         workdir = Path(temp)
         dsn = cluster.create_database("bench_edge")
         apply_schema(dsn)
         generate(dsn, SCALE)
-        plain = _measure(workdir, dsn, wrk, tls=False)
-        # TLS second: its certificate is trusted by urllib from then on.
-        tls = _measure(workdir, dsn, wrk, tls=True)
-    table = _table(plain, tls)
+        figures = {"plain": _measure(workdir, dsn, wrk, tls=False)}
+        if not args.plain_only:
+            # TLS second: its certificate is trusted by urllib from then on.
+            figures["TLS"] = _measure(workdir, dsn, wrk, tls=True)
+    table = _table(figures)
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     section = "\n".join(
         [
             "",
-            f"## HTTP edge: snapshot endpoints against bare aiohttp, plain and TLS ({when})",
+            f"## HTTP edge: snapshot endpoints against bare aiohttp, {' and '.join(figures)}"
+            f" ({when})",
             "",
-            f"Machine: {machine()}. Load: {tool_name(wrk)}, {CONNECTIONS} keep-alive"
+            f"Machine: {machine()}; {machine_load_text(load_before, load_average())}."
+            f" Load: {tool_name(wrk)}, {CONNECTIONS} keep-alive"
             f" connections, {LOAD_SECONDS} s per run, 7 interleaved pairs per comparison."
             f" Fleet: {SCALE.label}. Command: `python -m bench.edge`.",
             "",
@@ -158,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
     )
     print(section)
-    if not args.no_append:
+    if not (args.no_append or args.plain_only):
         with RESULTS.open("a", encoding="utf-8") as results:
             results.write(section)
     return 0

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -66,6 +67,19 @@ def machine() -> str:
     model = _proc_field("/proc/cpuinfo", "model name")
     mem_kb = int(_proc_field("/proc/meminfo", "MemTotal").split()[0])
     return f"{cores} cores ({model}), {mem_kb / 1024 / 1024:.1f} GiB memory, {platform.system()}"
+
+
+def load_average() -> str:
+    """The 1-minute load average, as ``/proc/loadavg`` gives it."""
+    return Path("/proc/loadavg").read_text().split()[0]
+
+
+def machine_load_text(before: str, after: str) -> str:
+    cores = os.cpu_count() or 1
+    text = f"1-minute load average {before} before, {after} after, on {cores} cores"
+    if max(float(before), float(after)) > cores:
+        text += " (above the core count, other work shared them)"
+    return text
 
 
 def append_results(title: str, details: list[tuple[str, str]], table: str) -> None:

@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import functools
 import gzip
-import os
 import platform
 import shlex
 import statistics
@@ -45,7 +44,14 @@ from bench.generate import Scale, append_audit_rows, bench_key, generate
 from bench.load import LoadResult, ensure_wrk, run_load, tool_name
 from bench.pairs import PAIRS, PairedRatio, paired_ratio, run_interleaved
 from bench.processes import ManagedProcess, start_bare, start_exporter, wait_for
-from bench.report import Row, append_results, machine, render_table
+from bench.report import (
+    Row,
+    append_results,
+    load_average,
+    machine,
+    machine_load_text,
+    render_table,
+)
 from bench.startup import StartupResult, measure_startup, startup_rows, startup_scale
 from exporter import __version__, queries
 from exporter.config import settings_from_mapping
@@ -609,26 +615,14 @@ def _details(
             f"PostgreSQL {cluster_version}, Python {platform.python_version()}, "
             f"aiohttp {aiohttp.__version__}, engine-fleet-exporter {__version__}",
         ),
-        ("machine load", _machine_load_text(load_before, _load_average())),
+        ("machine load", machine_load_text(load_before, load_average())),
     ]
-
-
-def _machine_load_text(before: str, after: str) -> str:
-    cores = os.cpu_count() or 1
-    text = f"1-minute load average {before} before, {after} after, on {cores} cores"
-    if max(float(before), float(after)) > cores:
-        text += " (above the core count, other work shared them)"
-    return text
-
-
-def _load_average() -> str:
-    return Path("/proc/loadavg").read_text().split()[0]
 
 
 def run_census_only(scale: Scale, argv: list[str] | None, *, append: bool) -> int:
     """``--census-only``: the engine census comparison alone, at one scale."""
     started = time.monotonic()
-    load_before = _load_average()
+    load_before = load_average()
     with EmbeddedPostgres(durable=False) as cluster:
         postgres_version = _postgres_version(cluster)
         dsn = cluster.create_database("bench_census")
@@ -680,7 +674,7 @@ def _startup_database(
 def run_startup_only(options: StartupOptions, argv: list[str] | None, *, append: bool) -> int:
     """``--startup-only``: start-up against the single-statement pass, one size after another."""
     started = time.monotonic()
-    load_before = _load_average()
+    load_before = load_average()
     workdir = OUT_DIR / datetime.now(UTC).strftime("startup-%Y%m%dT%H%M%S")
     if not options.prepare_only:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -769,7 +763,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     wrk = ensure_wrk()
     started = time.monotonic()
-    load_before = _load_average()
+    load_before = load_average()
     results: list[ScaleResult] = []
     with EmbeddedPostgres(durable=False) as cluster:
         postgres_version = _postgres_version(cluster)
