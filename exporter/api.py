@@ -178,28 +178,13 @@ class SnapshotEndpoints:
             views = published.views
             assert views is not None, "views are published with every snapshot"
             max_age = max(0, math.ceil(published.next_refresh_unix - now))
-            return web.Response(
-                body=bodies_of(views)[fleet.product.product_id],
-                headers=self._headers_of(views, max_age),
-            )
+            last_views, last_max_age, headers = self._json_headers
+            if last_views is not views or last_max_age != max_age:
+                headers = _json_headers(views, max_age)
+                self._json_headers = (views, max_age, headers)
+            return web.Response(body=bodies_of(views)[fleet.product.product_id], headers=headers)
 
         return answer
-
-    def _headers_of(self, views: RenderedViews, max_age: int) -> CIMultiDict[str]:
-        """The JSON answers' headers; the last set is kept while the snapshot and ``max_age``
-        stay the same (the answer copies them)."""
-        last_views, last_max_age, headers = self._json_headers
-        if last_views is not views or last_max_age != max_age:
-            headers = CIMultiDict(
-                {
-                    "Content-Type": JSON_CONTENT_TYPE,
-                    "Last-Modified": views.last_modified,
-                    "Cache-Control": f"private, max-age={max_age}",
-                    **PER_PRODUCT_HEADERS,
-                }
-            )
-            self._json_headers = (views, max_age, headers)
-        return headers
 
     async def prometheus(self, request: web.Request) -> web.Response:
         if self._bearer_token is not None or self._web_config.current().basic_auth_users:
@@ -240,6 +225,19 @@ class SnapshotEndpoints:
             "Valid credentials are required for this endpoint.",
             headers={"WWW-Authenticate": ", ".join(schemes)},
         )
+
+
+def _json_headers(views: RenderedViews, max_age: int) -> CIMultiDict[str]:
+    """The JSON snapshot answers' headers, kept while the snapshot and ``max_age`` stay the
+    same (an answer copies them)."""
+    return CIMultiDict(
+        {
+            "Content-Type": JSON_CONTENT_TYPE,
+            "Last-Modified": views.last_modified,
+            "Cache-Control": f"private, max-age={max_age}",
+            **PER_PRODUCT_HEADERS,
+        }
+    )
 
 
 _STATUS_BODIES = operator.attrgetter("status")

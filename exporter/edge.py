@@ -252,8 +252,10 @@ class EdgeServer(web.Server):
             except web.HTTPException as error:
                 response = _http_exception_answer(error)
                 self.observe_other(response.status, 0.0)
-            for name, value in self.web_config.current().headers:
-                response.headers[name] = value
+            if self.web_config.path is not None:
+                # Without a file there is nothing to add, and asking for it would cost a
+                # call on every answer.
+                self.add_configured_headers(response)
             return response
 
         return answer
