@@ -8,8 +8,9 @@ function of its input, byte for byte what prometheus-client renders for the cata
 families; what it remembers between calls only saves work:
 
 * each product's sample lines per fleet family are kept with the ``ProductFleet`` they came
-  from and rendered again only when that value (or the ``FleetContext``) changes; the lines
-  are the same in both formats, so one copy serves both;
+  from and rendered again only when the figures that family reads (``reads`` in the
+  catalogue) or the ``FleetContext`` change; the lines are the same in both formats, so one
+  copy serves both;
 * the gzipped bodies are one gzip member whose deflate stream is the concatenation of
   independently compressed segments (a family's header, then runs of a few products'
   lines), each byte-aligned by a sync flush, so only the segments whose products
@@ -242,11 +243,13 @@ class ExpositionRenderer:
         self._segments: dict[tuple[bytes, ...], bytes] = {}
         self.last_rendered = 0
         """Products whose lines the last ``render`` produced (the others were reused)."""
+        self.last_rendered_families = 0
+        """Product-family pieces the last ``render`` produced."""
         self.last_compressed_bytes = 0
         """Plain bytes the last ``render`` compressed (the other segments were reused)."""
 
     def render(self, data: ExpositionInput) -> RenderedExposition:
-        self.last_rendered = self.last_compressed_bytes = 0
+        self.last_rendered = self.last_rendered_families = self.last_compressed_bytes = 0
         segments: dict[tuple[bytes, ...], bytes] = {}
         self_metrics = {f.name: _both_formats(_to_metric(f, data)) for f in SELF_FAMILIES}
         text_self, openmetrics_self = self._assemble(data, self_metrics, None, segments)
@@ -270,17 +273,35 @@ class ExpositionRenderer:
         for fleet in ordered:
             product_id = fleet.product.product_id
             entry = previous.get(product_id)
-            if entry is None or entry.fleet is not fleet:
-                if entry is not None and entry.fleet == fleet:
-                    entry = _ProductEntry(fleet, entry.lines)
-                else:
-                    lines = tuple(product_lines(f, fleet, context) for f in FLEET_FAMILIES)
-                    entry = _ProductEntry(fleet, lines)
-                    self.last_rendered += 1
+            if entry is None:
+                lines = tuple(product_lines(f, fleet, context) for f in FLEET_FAMILIES)
+                entry = _ProductEntry(fleet, lines)
+                self.last_rendered += 1
+                self.last_rendered_families += len(lines)
+            elif entry.fleet is not fleet:
+                entry = self._renewed(entry, fleet, context)
             current[product_id] = entry
             entries.append(entry)
         self._products = current
         return entries
+
+    def _renewed(
+        self, entry: _ProductEntry, fleet: ProductFleet, context: FleetContext
+    ) -> _ProductEntry:
+        """The entry for a new fleet of the product: each family's lines are rendered again
+        only when the figures that family reads differ (a census moves the probe ages of
+        every product, and nothing else of most of them)."""
+        old = entry.fleet
+        lines = tuple(
+            lines
+            if family.reads(old) == family.reads(fleet)
+            else product_lines(family, fleet, context)
+            for family, lines in zip(FLEET_FAMILIES, entry.lines, strict=True)
+        )
+        rendered = sum(new is not kept for new, kept in zip(lines, entry.lines, strict=True))
+        self.last_rendered += rendered > 0
+        self.last_rendered_families += rendered
+        return _ProductEntry(fleet, lines)
 
     def _header(
         self, family: FleetFamily | FleetHistogram, refresh_interval_s: float

@@ -3,7 +3,7 @@
 Like the Prometheus exposition, every product's two bodies are serialised when a snapshot is
 published, so a request only authenticates the caller and writes bytes that already exist;
 and like it, a product's bodies are kept with the ``ProductFleet`` they came from and
-serialised again only when that value changes.
+serialised again only when the figures they read change.
 """
 
 from __future__ import annotations
@@ -67,6 +67,12 @@ def _json(body: Mapping[str, object]) -> bytes:
     return json.dumps(body).encode()
 
 
+def _reads(fleet: ProductFleet) -> tuple[object, ...]:
+    """The figures ``status_view`` and ``metrics_view`` read: the bodies of a new fleet with
+    the same ones (a census moves no JSON figure) are kept."""
+    return fleet.engines_by_status, fleet.last_hour, fleet.avg_boot_ms, fleet.lifetime_by_action
+
+
 @dataclass(frozen=True, slots=True)
 class _ProductBodies:
     fleet: ProductFleet
@@ -93,7 +99,7 @@ class ViewsRenderer:
         for product_id, fleet in snapshot.fleets.items():
             bodies = previous.get(product_id)
             if bodies is None or bodies.fleet is not fleet:
-                if bodies is not None and bodies.fleet == fleet:
+                if bodies is not None and _reads(bodies.fleet) == _reads(fleet):
                     bodies = _ProductBodies(fleet, bodies.status, bodies.metrics)
                 else:
                     bodies = _ProductBodies(

@@ -310,7 +310,8 @@ def test_only_products_whose_figures_changed_are_rendered_again() -> None:
     assert data.snapshot is not None
     _assert_same_as_reference(renderer.render(data), data)
     views.render(data.snapshot)
-    assert renderer.last_rendered == views.last_rendered == 2
+    # the average boot time is a JSON figure only: no exposition line reads it
+    assert (renderer.last_rendered, views.last_rendered) == (1, 2)
 
 
 def test_a_changed_context_renders_every_product_again() -> None:
@@ -486,3 +487,22 @@ def test_a_product_whose_audit_row_leaves_the_hour_is_rebuilt_then() -> None:
     assert kept.fleets["p0"] is first.fleets["p0"]
     assert first.fleets["p0"].last_hour[EventCategory.CRASH] == 1
     assert gone.fleets["p0"].last_hour[EventCategory.CRASH] == 0
+
+
+def test_a_new_census_renders_only_the_census_families_and_no_json_body_again() -> None:
+    fleets = _fleets(10)
+    renderer = ExpositionRenderer()
+    views = ViewsRenderer(0.1, CATEGORIES)
+    renderer.render(_snapshot_input(fleets))
+    views.render(FleetSnapshot(NOW, MappingProxyType({f.product.product_id: f for f in fleets})))
+    aged = [
+        replace(f, census=ProductCensus(0, 30.0 + n, MappingProxyType({"other": 0})))
+        for n, f in enumerate(fleets)
+    ]
+    data = _snapshot_input(aged)
+    assert data.snapshot is not None
+    _assert_same_as_reference(renderer.render(data), data)
+    views.render(data.snapshot)
+    assert renderer.last_rendered == 10
+    assert renderer.last_rendered_families == 10
+    assert views.last_rendered == 0
