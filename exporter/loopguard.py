@@ -26,9 +26,10 @@ made a ``/status`` answer wait behind that work:
 
 Moving the work into a process of its own was the other way considered: it would also need
 the audit tally and the rendered pieces (hundreds of megabytes at this scale) to cross the
-process boundary or live there, with the snapshot sent back on every refresh; with the two
-measures above the loop waits at most a couple of milliseconds, which the measurements in
-``docs/design/scaling.md`` show.
+process boundary or live there, with the snapshot sent back on every refresh. With the two
+measures above no long stall is left (loop lag p99 about 2 ms at 5,000 products); under a
+load that keeps the loop busy all the time it still shares the GIL with the work while the
+work runs (``docs/design/scaling.md`` has the measurements).
 """
 
 from __future__ import annotations
