@@ -294,12 +294,18 @@ def _snapshot_input(fleets: Sequence[ProductFleet]) -> ExpositionInput:
     return _input(_Refresh(GZIP_SEGMENT_PRODUCTS, tuple(fleets), 0.1, 15.0, 0.2))
 
 
-def test_only_products_whose_figures_changed_are_rendered_again() -> None:
-    fleets = _fleets(100)
+def _renderers_after(fleets: Sequence[ProductFleet]) -> tuple[ExpositionRenderer, ViewsRenderer]:
+    """An exposition and a views renderer that have rendered ``fleets`` once."""
     renderer = ExpositionRenderer()
     views = ViewsRenderer(0.1, CATEGORIES)
     renderer.render(_snapshot_input(fleets))
     views.render(FleetSnapshot(NOW, MappingProxyType({f.product.product_id: f for f in fleets})))
+    return renderer, views
+
+
+def test_only_products_whose_figures_changed_are_rendered_again() -> None:
+    fleets = _fleets(100)
+    renderer, views = _renderers_after(fleets)
     assert renderer.last_rendered == views.last_rendered == 100
 
     # equal figures in new objects, as the next refresh builds them, are not rendered again
@@ -491,10 +497,7 @@ def test_a_product_whose_audit_row_leaves_the_hour_is_rebuilt_then() -> None:
 
 def test_a_new_census_renders_only_the_census_families_and_no_json_body_again() -> None:
     fleets = _fleets(10)
-    renderer = ExpositionRenderer()
-    views = ViewsRenderer(0.1, CATEGORIES)
-    renderer.render(_snapshot_input(fleets))
-    views.render(FleetSnapshot(NOW, MappingProxyType({f.product.product_id: f for f in fleets})))
+    renderer, views = _renderers_after(fleets)
     aged = [
         replace(f, census=ProductCensus(0, 30.0 + n, MappingProxyType({"other": 0})))
         for n, f in enumerate(fleets)
