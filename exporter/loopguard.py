@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import gc
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
@@ -48,11 +49,18 @@ FULL_COLLECTION_INTERVAL_S = 3600.0
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
+_PROCESS_STATE = threading.Lock()
+"""Held while a work changes the process-wide switch interval and collector. A refresh whose
+awaiting task is cancelled leaves its worker thread running (``asyncio.to_thread`` cannot stop
+it) and the refresher's lock released: a work started then waits here, instead of reading the
+short interval and the disabled collector as the ones to restore."""
+
 
 class RefreshWork:
     """Runs the refresh's CPU work in short GIL slices and settles what it leaves behind.
 
-    One owner (the refresher, under its lock) calls ``run`` from its worker thread.
+    One owner (the refresher, under its lock) calls ``run`` from its worker thread; runs that
+    overlap anyway (any owner, any thread) take turns.
     """
 
     def __init__(
@@ -68,18 +76,20 @@ class RefreshWork:
     def run(self, work: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         """``work(*args, **kwargs)`` with the short switch interval and no automatic
         collection, then ``settle``."""
-        previous = sys.getswitchinterval()
-        collecting = gc.isenabled()
-        sys.setswitchinterval(SWITCH_INTERVAL_S)
-        gc.disable()
-        try:
-            result = work(*args, **kwargs)
-        finally:
-            sys.setswitchinterval(previous)
-            self.settle()
-            if collecting:
-                gc.enable()
-        return result
+        with _PROCESS_STATE:
+            previous = sys.getswitchinterval()
+            collecting = gc.isenabled()
+            sys.setswitchinterval(SWITCH_INTERVAL_S)
+            gc.disable()
+            try:
+                return work(*args, **kwargs)
+            finally:
+                sys.setswitchinterval(previous)
+                try:
+                    self.settle()
+                finally:
+                    if collecting:
+                        gc.enable()
 
     def settle(self) -> None:
         """Freeze what is alive now; first, when it is due, collect everything once."""

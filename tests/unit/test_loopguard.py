@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import sys
+import threading
 import weakref
 from collections.abc import Iterator
 
@@ -51,6 +54,37 @@ def test_the_previous_switch_interval_comes_back_when_the_work_fails() -> None:
     with pytest.raises(RuntimeError, match="boom"):
         RefreshWork().run(fails)
     assert sys.getswitchinterval() == before
+    assert gc.isenabled()
+
+
+def test_a_work_cancelled_while_it_runs_and_one_started_meanwhile_leave_the_process_as_found() -> (
+    None
+):
+    """The refresher's task can be cancelled while its work runs in a thread: the thread goes
+    on, the refresher's lock is free and the next refresh's work may start at once."""
+    before = sys.getswitchinterval()
+    running = threading.Event()
+    release = threading.Event()
+
+    def blocks() -> None:
+        running.set()
+        release.wait(5)
+
+    async def scenario() -> list[bool]:
+        first = asyncio.ensure_future(asyncio.to_thread(RefreshWork().run, blocks))
+        await asyncio.to_thread(running.wait, 5)
+        first.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
+        second = asyncio.ensure_future(asyncio.to_thread(RefreshWork().run, gc.isenabled))
+        await asyncio.sleep(0.05)
+        assert not second.done()  # it waits for the first work's restore
+        release.set()
+        return [await second]
+
+    assert asyncio.run(scenario()) == [False]  # asyncio.run waits for both threads
+    assert sys.getswitchinterval() == before
+    assert gc.isenabled()
 
 
 def test_what_the_work_leaves_alive_is_frozen_and_still_freed_by_its_references() -> None:
