@@ -219,8 +219,14 @@ def _tls(raw: object, base_dir: Path) -> TLSServerConfig | None:
     )
 
 
+_HTTP_KEYS = ("headers", "http2")
+_TOP_KEYS = ("tls_server_config", "http_server_config", "basic_auth_users")
+FILE_KEYS = (*_TOP_KEYS, *_TLS_KEYS, *_HTTP_KEYS, *_HEADERS)
+"""Every key the file may hold, the settable response headers included."""
+
+
 def _headers(raw: object) -> tuple[tuple[str, str], ...]:
-    section = _mapping(raw, "http_server_config", ("headers", "http2"))
+    section = _mapping(raw, "http_server_config", _HTTP_KEYS)
     http2 = section.get("http2", True)
     if not isinstance(http2, bool):
         raise _Invalid("http_server_config.http2", "expected true or false")
@@ -250,7 +256,7 @@ def _users(raw: object) -> dict[str, bytes]:
 def parse_web_config(raw: object, base_dir: Path) -> WebConfig:
     """Validate a parsed document; ConfigError with the key on the first problem."""
     try:
-        top = _mapping(raw, "", ("tls_server_config", "http_server_config", "basic_auth_users"))
+        top = _mapping(raw, "", _TOP_KEYS)
         config = WebConfig(
             tls=_tls(top.get("tls_server_config"), base_dir),
             headers=_headers(top.get("http_server_config")),
