@@ -187,8 +187,9 @@ class SnapshotEndpoints:
         return answer
 
     async def prometheus(self, request: web.Request) -> web.Response:
-        if self._bearer_token is not None or self._web_config.current().basic_auth_users:
-            await self._authorize_scrape(request)
+        users = self._web_config.current().basic_auth_users
+        if self._bearer_token is not None or users:
+            await self._authorize_scrape(request, users)
         published = self._refresher.published
         openmetrics = choose_exposition(request.headers.get("Accept", "")) == "openmetrics"
         body = published.exposition.body(
@@ -200,13 +201,10 @@ class SnapshotEndpoints:
             headers=_SCRAPE_HEADERS[openmetrics, gzipped],
         )
 
-    async def _authorize_scrape(self, request: web.Request) -> None:
-        """With a bearer token or basic auth users configured, one ``Authorization`` header
-        carrying one of them (the scheme in any case) is required."""
+    async def _authorize_scrape(self, request: web.Request, users: Mapping[str, bytes]) -> None:
+        """With a bearer token or basic auth ``users`` configured, one ``Authorization``
+        header carrying one of them (the scheme in any case) is required."""
         token = self._bearer_token
-        users = self._web_config.current().basic_auth_users
-        if token is None and not users:
-            return
         supplied = request.headers.getall("Authorization", ())
         credentials = parse_credentials(supplied[0]) if len(supplied) == 1 else None
         if credentials is not None:
