@@ -23,7 +23,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
@@ -32,7 +31,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from exporter.api import LIVE_METRICS, WEB_CONFIG
 from exporter.config import ListenSettings, Settings
-from exporter.errors import ApiError, Observe, error_response
+from exporter.errors import ApiError, Observe, error_response, http_error, internal_error
 from exporter.logs import log_event
 from exporter.webconfig import WebConfigSource
 
@@ -101,20 +100,6 @@ def classify_rejection(error: BaseException | None) -> Rejection:
             431, "HEADERS_TOO_LARGE", f"More than {MAX_HEADERS} request headers.", "TooManyHeaders"
         )
     return Rejection(400, "BAD_REQUEST", "The request is not valid HTTP/1.1.", kind)
-
-
-_HTTP_ERROR_CODES = {
-    404: ("NOT_FOUND", "No such endpoint."),
-    405: ("METHOD_NOT_ALLOWED", "Method not allowed on this endpoint."),
-    417: ("EXPECTATION_FAILED", "Only 'Expect: 100-continue' is supported."),
-}
-
-
-def _http_exception_answer(error: web.HTTPException) -> web.Response:
-    code, message = _HTTP_ERROR_CODES.get(
-        error.status, (HTTPStatus(error.status).name, HTTPStatus(error.status).phrase + ".")
-    )
-    return error_response(ApiError(error.status, code, message))
 
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
@@ -205,7 +190,7 @@ class EdgeProtocol(RequestHandler):
                 error=type(exc).__name__ if exc is not None else None,
                 exc_info=exc,
             )
-            response = error_response(ApiError(500, "INTERNAL_ERROR", "Internal error."))
+            response = error_response(internal_error())
         else:
             rejection = classify_rejection(exc)
             self._edge.note("request_rejected", rejection.kind, status=rejection.status)
@@ -250,7 +235,7 @@ class EdgeServer(web.Server):
             try:
                 response = await handler(request)
             except web.HTTPException as error:
-                response = _http_exception_answer(error)
+                response = error_response(http_error(error.status))
                 self.observe_other(response.status, 0.0)
             if self.web_config.path is not None:
                 # Without a file there is nothing to add, and asking for it would cost a

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 
 from aiohttp import web
 
@@ -42,6 +43,28 @@ def invalid_platform_key() -> ApiError:
 
 def invalid_parameter(name: str, expected: str) -> ApiError:
     return ApiError(400, "INVALID_PARAMETER", f"Query parameter '{name}' must be {expected}.")
+
+
+def internal_error() -> ApiError:
+    """The answer to an exception nothing expected: nothing of it is told to the client."""
+    return ApiError(500, "INTERNAL_ERROR", "Internal error.")
+
+
+HTTP_ERROR_CODES = {
+    404: ("NOT_FOUND", "No such endpoint."),
+    405: ("METHOD_NOT_ALLOWED", "Method not allowed on this endpoint."),
+    417: ("EXPECTATION_FAILED", "Only 'Expect: 100-continue' is supported."),
+}
+"""The code and message of the HTTP errors routing answers, whether a catch-all route
+answers them or aiohttp raises them around the routes; any other status is answered
+under its standard name and phrase."""
+
+
+def http_error(status: int, *, headers: dict[str, str] | None = None) -> ApiError:
+    code, message = HTTP_ERROR_CODES.get(
+        status, (HTTPStatus(status).name, HTTPStatus(status).phrase + ".")
+    )
+    return ApiError(status, code, message, headers=headers)
 
 
 def error_response(error: ApiError) -> web.Response:
@@ -77,7 +100,7 @@ def endpoint(handler: Handler, observe: Observe) -> Handler:
                 error=type(error).__name__,
                 exc_info=error,
             )
-            response = error_response(ApiError(500, "INTERNAL_ERROR", "Internal error."))
+            response = error_response(internal_error())
         observe(response.status, time.perf_counter() - started)
         return response
 
@@ -86,16 +109,9 @@ def endpoint(handler: Handler, observe: Observe) -> Handler:
 
 async def not_found(request: web.Request) -> web.StreamResponse:
     """The last route: every path no other route claims."""
-    return error_response(ApiError(404, "NOT_FOUND", "No such endpoint."))
+    return error_response(http_error(404))
 
 
 async def method_not_allowed(request: web.Request) -> web.StreamResponse:
     """Registered after each endpoint's GET route: any other method on that path."""
-    return error_response(
-        ApiError(
-            405,
-            "METHOD_NOT_ALLOWED",
-            "Method not allowed on this endpoint.",
-            headers={"Allow": "GET, HEAD"},
-        )
-    )
+    return error_response(http_error(405, headers={"Allow": "GET, HEAD"}))
