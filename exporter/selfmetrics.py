@@ -141,9 +141,6 @@ class HttpStats(Collector):
         self._buckets_s = buckets_s
         self._routes = {handler: RouteStats(buckets_s) for handler in HANDLERS}
 
-    def observe(self, handler: str, status: int, seconds: float) -> None:
-        self._routes[handler].observe(status, seconds)
-
     def observer(self, handler: str) -> Callable[[int, float], None]:
         """``observe`` of one route name, for the route's wrapper: one call per answer."""
         assert handler in HANDLERS, handler

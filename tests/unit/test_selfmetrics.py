@@ -22,9 +22,10 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def test_requests_and_durations_are_counted_per_route_with_cumulative_buckets() -> None:
     live = LiveMetrics(max_age_s=0)
+    observe = live.http.observer("status")
     for seconds in (0.0005, 0.003, 0.003, 20.0):
-        live.http.observe("status", 200, seconds)
-    live.http.observe("status", 401, 0.0001)
+        observe(200, seconds)
+    observe(401, 0.0001)
     samples = _samples(live.render(openmetrics=False).decode())
 
     requests = "engine_fleet_exporter_http_requests_total"
@@ -50,7 +51,7 @@ def test_the_live_part_is_rendered_again_only_after_its_max_age() -> None:
     now = [0.0]
     live = LiveMetrics(max_age_s=1.0, clock=lambda: now[0])
     first = live.render(openmetrics=False)
-    live.http.observe("healthz", 200, 0.001)
+    live.http.observer("healthz")(200, 0.001)
     assert live.render(openmetrics=False) == first
     now[0] = 1.0
     assert b'handler="healthz"' in live.render(openmetrics=False)
@@ -61,7 +62,7 @@ def test_a_tail_appended_to_a_rendered_body_is_valid_plain_and_gzipped(openmetri
     rendered = ExpositionRenderer().render(golden_input())
     body: Body = rendered.body(openmetrics=openmetrics, include_fleet=True)
     live = LiveMetrics(max_age_s=0)
-    live.http.observe("prometheus", 200, 0.002)
+    live.http.observer("prometheus")(200, 0.002)
     tail = live.render(openmetrics=openmetrics)
 
     plain, gzipped = body.plain_with(tail), body.gzipped_with(tail)
@@ -87,7 +88,7 @@ def test_an_unchanged_body_and_live_part_give_the_very_same_answer() -> None:
     first = live.answer(body, openmetrics=False, gzipped=True)
     assert live.answer(body, openmetrics=False, gzipped=True) is first
     assert gzip.decompress(first) == live.answer(body, openmetrics=False, gzipped=False)
-    live.http.observe("prometheus", 200, 0.001)
+    live.http.observer("prometheus")(200, 0.001)
     now[0] = 1.0
     fresh = live.answer(body, openmetrics=False, gzipped=True)
     assert fresh is not first
