@@ -240,8 +240,8 @@ def bucket_thresholds_ms(upper_bounds_s: Sequence[float]) -> tuple[int, ...]:
 @dataclass(slots=True)
 class _Histogram:
     bucket_counts: list[int]
+    """Per bucket, the last one above every bound: together they count every boot."""
     sum_ms: int = 0
-    count: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,7 +308,6 @@ class AuditTally:
         histogram = self._histogram(product_id)
         histogram.bucket_counts[bucket] += rows
         histogram.sum_ms += sum_ms
-        histogram.count += rows
 
     def takes_boot_sample(self, product_id: str, audit_id: int) -> bool:
         """Whether a boot with id ``audit_id`` or lower could still enter the product's
@@ -355,7 +354,8 @@ class AuditTally:
         return {
             "lifetime": {p: dict(counts) for p, counts in self._lifetime.items()},
             "histograms": {
-                p: [h.bucket_counts, h.sum_ms, h.count] for p, h in self._histograms.items()
+                p: [h.bucket_counts, h.sum_ms, sum(h.bucket_counts)]
+                for p, h in self._histograms.items()
             },
             "boot_samples": {
                 p: [list(s) for s in sample] for p, sample in self._boot_samples.items()
@@ -378,7 +378,9 @@ class AuditTally:
             bucket_counts = [_whole(c) for c in _items(counts)]
             if len(bucket_counts) != buckets:
                 raise ValueError(f"{len(bucket_counts)} boot buckets, expected {buckets}")
-            self._histograms[product] = _Histogram(bucket_counts, _whole(sum_ms), _whole(count))
+            if _whole(count) != sum(bucket_counts):
+                raise ValueError(f"{count} boots, but the buckets hold {sum(bucket_counts)}")
+            self._histograms[product] = _Histogram(bucket_counts, _whole(sum_ms))
         for product, sample in _mapping(state["boot_samples"]).items():
             pairs = sorted((_whole(i), _whole(d)) for i, d in _items(sample))
             self._boot_samples[product] = pairs[-self._sample_size :]
@@ -426,5 +428,5 @@ class AuditTally:
             upper_bounds_s=self._buckets_s,
             cumulative_counts=tuple(cumulative),
             sum_s=histogram.sum_ms / 1000.0,
-            count=histogram.count,
+            count=running,
         )

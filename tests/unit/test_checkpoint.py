@@ -128,3 +128,14 @@ def test_a_histogram_with_other_buckets_is_refused() -> None:
     tally = AuditTally(CATEGORIES, (1.0, 5.0, 10.0), 2)
     with pytest.raises(ValueError, match="boot buckets"):
         tally.restore(state)
+
+
+def test_a_histogram_whose_count_is_not_its_buckets_total_is_refused() -> None:
+    state = _tally().to_state()
+    histograms = state["histograms"]
+    assert isinstance(histograms, dict)
+    counts, sum_ms, count = histograms["p1"]
+    assert count == sum(counts) == 3
+    histograms["p1"] = [counts, sum_ms, count + 1]
+    with pytest.raises(ValueError, match="boots, but the buckets hold"):
+        AuditTally(CATEGORIES, (1.0, 5.0), 2).restore(state)
