@@ -379,9 +379,10 @@ def settings_from_mapping(
     """Validate an already-parsed configuration document into Settings.
 
     A non-empty ``FLEET_EXPORTER_DSN`` in ``environ`` (default ``os.environ``) overrides
-    ``database.dsn``. A relative ``prometheus.bearer_token_file``, ``state.checkpoint_path``
-    or ``web.config_file`` is resolved against ``base_dir`` (the config file's directory),
-    like Prometheus does with its own files.
+    ``database.dsn``. A relative file path (``prometheus.bearer_token_file``,
+    ``state.checkpoint_path``, ``web.config_file``: every key checked by ``_optional_file``) is
+    resolved against ``base_dir`` (the config file's directory), like Prometheus does with its
+    own files.
     """
     environ = os.environ if environ is None else environ
     if raw is None:
@@ -398,18 +399,14 @@ def settings_from_mapping(
         name: _section_values(section, raw.get(name, {}), name, environ)
         for name, section in _SECTIONS.items()
     }
-    prometheus = values["prometheus"]
-    token_file = prometheus.get("bearer_token_file")
+    if base_dir is not None:
+        for given in values.values():
+            for key, value in given.items():
+                if isinstance(value, Path):
+                    given[key] = base_dir / value
+    token_file = values["prometheus"].get("bearer_token_file")
     if isinstance(token_file, Path):
-        if base_dir is not None:
-            token_file = prometheus["bearer_token_file"] = base_dir / token_file
-        prometheus["bearer_token"] = _read_bearer_token(token_file)
-    checkpoint = values["state"].get("checkpoint_path")
-    if isinstance(checkpoint, Path) and base_dir is not None:
-        values["state"]["checkpoint_path"] = base_dir / checkpoint
-    web_config = values["web"].get("config_file")
-    if isinstance(web_config, Path) and base_dir is not None:
-        values["web"]["config_file"] = base_dir / web_config
+        values["prometheus"]["bearer_token"] = _read_bearer_token(token_file)
     return Settings(**{name: _SECTIONS[name](**given) for name, given in values.items()})
 
 

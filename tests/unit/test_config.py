@@ -289,13 +289,19 @@ def test_the_removed_startup_timeout_names_the_key_that_replaced_it() -> None:
     assert "refresh.backfill_statement_s" in message
 
 
-def test_a_relative_checkpoint_path_is_resolved_against_the_config_file(tmp_path: Path) -> None:
+def test_relative_checkpoint_and_web_config_paths_are_resolved_against_the_config_file(
+    tmp_path: Path,
+) -> None:
     config = tmp_path / "exporter.yaml"
-    config.write_text(f"database: {{dsn: '{DSN}'}}\nstate: {{checkpoint_path: state/ckpt.json}}\n")
+    config.write_text(
+        f"database: {{dsn: '{DSN}'}}\nstate: {{checkpoint_path: state/ckpt.json}}\n"
+        "web: {config_file: web.yml}\n"
+    )
 
     settings = load_settings(config, environ={})
 
     assert settings.state.checkpoint_path == tmp_path / "state" / "ckpt.json"
+    assert settings.web.config_file == tmp_path / "web.yml"
     assert settings.state.checkpoint_interval_s == 60.0
     assert settings.refresh.backfill_statement_s == 2.0
 
