@@ -326,7 +326,7 @@ class AuditCounter:
         """The chunk's totals, then only the statements they show can contribute (all in
         the chunk's one snapshot). Reads the tally, which changes only under the refresher's
         lock, held from this read until ``apply_chunk``."""
-        await tx.allow_statement_time(self._settings.refresh.backfill_statement_s)
+        await queries.allow_statement_time(tx, self._settings.refresh.backfill_statement_s)
         boot_actions = self._categories.provision
         since = snapshot.started_at - ROLLING_WINDOW
         tracked = self._categories.tracked_actions

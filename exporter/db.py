@@ -47,7 +47,8 @@ class Statement:
     sql: str
 
 
-def _ms(seconds: float) -> int:
+def timeout_ms(seconds: float) -> int:
+    """A timeout setting's value: whole milliseconds, at least one (0 would mean none)."""
     return max(1, round(seconds * 1000))
 
 
@@ -57,15 +58,15 @@ def session_options(settings: DatabaseSettings, *, read_only: bool = True) -> st
     A writing connection (``read_only=False``, the demo's) keeps only the statement timeout:
     it waits on its seeding lock and plans a seed inside its transaction, as long as it takes.
     """
-    timeout_ms = _ms(settings.statement_timeout_s)
+    statement_ms = timeout_ms(settings.statement_timeout_s)
     if not read_only:
-        return f"-c statement_timeout={timeout_ms} -c timezone=UTC"
+        return f"-c statement_timeout={statement_ms} -c timezone=UTC"
     return " ".join(
         (
             "-c default_transaction_read_only=on",
-            f"-c statement_timeout={timeout_ms}",
-            f"-c lock_timeout={max(1, timeout_ms // 2)}",
-            f"-c idle_in_transaction_session_timeout={timeout_ms * 2}",
+            f"-c statement_timeout={statement_ms}",
+            f"-c lock_timeout={max(1, statement_ms // 2)}",
+            f"-c idle_in_transaction_session_timeout={statement_ms * 2}",
             "-c timezone=UTC",
         )
     )
@@ -125,16 +126,10 @@ class Transaction:
                 break
             await asyncio.sleep(0)
 
-    async def allow_statement_time(self, seconds: float) -> None:
-        """Set this transaction's statement timeout (and the client backstop to match): the
-        backfill bounds its statements by its own limit, not the session's."""
-        await _execute(
-            self._cursor,
-            "SELECT set_config('statement_timeout', %(ms)s, true)",
-            {"ms": str(_ms(seconds))},
-            self._timeout_s,
-        )
-        self._timeout_s = seconds + BACKSTOP_MARGIN_S
+    def wait_for_statements(self, statement_timeout_s: float) -> None:
+        """Match the client backstop to a statement timeout this transaction set for itself
+        (``queries.allow_statement_time``)."""
+        self._timeout_s = statement_timeout_s + BACKSTOP_MARGIN_S
 
     async def fetch_one(
         self, statement: Statement, params: Mapping[str, object] | None = None

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 from exporter.audit import AuditRow, DbSnapshot
 from exporter.checkpoint import DataIdentity
-from exporter.db import Statement, Transaction
+from exporter.db import Statement, Transaction, timeout_ms
 from exporter.domain import (
     ENGINE_LISTING_FIELDS,
     EngineGroup,
@@ -53,6 +53,11 @@ never age a gap), and the replication lag (0 on a primary, and on a standby that
 replayed all it received)."""
 
 REPLICATION = Statement("replication", f"SELECT {_REPLICATION}")
+
+TRANSACTION_STATEMENT_TIMEOUT = Statement(
+    "transaction_statement_timeout", "SELECT set_config('statement_timeout', %(ms)s, true)"
+)
+"""The statement timeout of the rest of this transaction only (``is_local``)."""
 
 NEXT_XID = Statement(
     "next_xid",
@@ -294,6 +299,13 @@ async def fetch_snapshot(tx: Transaction) -> DbSnapshot:
         in_recovery=bool(in_recovery),
         replication_lag_s=float(lag_s),
     )
+
+
+async def allow_statement_time(tx: Transaction, seconds: float) -> None:
+    """Bound the rest of ``tx``'s statements by ``seconds`` (and the client's wait to match):
+    the backfill bounds its statements by its own limit, not the session's."""
+    await tx.fetch_one(TRANSACTION_STATEMENT_TIMEOUT, {"ms": str(timeout_ms(seconds))})
+    tx.wait_for_statements(seconds)
 
 
 async def fetch_products(tx: Transaction) -> list[Product]:
