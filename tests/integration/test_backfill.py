@@ -15,7 +15,6 @@ from exporter.app import create_app
 from exporter.db import Database
 from exporter.domain import EventCategory, average_ms
 from exporter.refresher import Refresher
-from tests.integration.test_refresher_faults import _writer
 from tests.support.counts import (
     audit_counts_by_product,
     audit_counts_by_slug,
@@ -23,7 +22,14 @@ from tests.support.counts import (
     scrape,
     snapshot_counts,
 )
-from tests.support.db import execute, fetch_all, fetch_value, insert_engine, insert_product
+from tests.support.db import (
+    execute,
+    fetch_all,
+    fetch_value,
+    insert_engine,
+    insert_product,
+    write_audit_rows,
+)
 from tests.support.service import make_settings
 
 KEY = "pk-sept-acme-" + "a" * 40
@@ -172,7 +178,8 @@ async def test_writers_committing_out_of_order_during_the_backfill_are_counted_o
     client: TestClient = await aiohttp_client(app)
     refresher = app[REFRESHER]
     threads = [
-        threading.Thread(target=_writer, args=(dsn, products, 700 + n, 40)) for n in range(3)
+        threading.Thread(target=write_audit_rows, args=(dsn, products, 700 + n, 40))
+        for n in range(3)
     ]
     try:
         assert await refresher.refresh_once()

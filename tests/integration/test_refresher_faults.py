@@ -5,7 +5,6 @@ Each test that stops or locks the database uses its own server (``private_pg``).
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from datetime import timedelta
@@ -19,38 +18,17 @@ from exporter.api import DATABASE, REFRESHER
 from exporter.app import create_app
 from exporter.db import DatabaseUnavailable, Statement
 from tests.support.counts import audit_counts_by_slug, lifecycle_counts, scrape
-from tests.support.db import execute, exporter_sessions, fetch_value, insert_product
+from tests.support.db import (
+    execute,
+    exporter_sessions,
+    fetch_value,
+    insert_product,
+    write_audit_rows,
+)
 from tests.support.service import make_settings, wait_until
 
 KEY = "pk-sept-acme-" + "a" * 40
 ClientFactory = Any
-
-
-def _writer(dsn: str, product_ids: list[str], seed: int, transactions: int) -> None:
-    """Insert audit rows in overlapping transactions; some commit late, some roll back."""
-    rng = random.Random(seed)
-    connection = psycopg2.connect(dsn)
-    try:
-        for _ in range(transactions):
-            with connection.cursor() as cursor:
-                for _ in range(rng.randint(1, 4)):
-                    cursor.execute(
-                        "INSERT INTO audit_log (product_id, action, duration_ms)"
-                        " VALUES (%s, %s, %s)",
-                        (
-                            rng.choice(product_ids),
-                            rng.choice(["provision", "destroy", "health_failed", "wake"]),
-                            rng.choice([None, rng.randint(100, 90_000)]),
-                        ),
-                    )
-                    if rng.random() < 0.3:
-                        time.sleep(rng.uniform(0, 0.02))
-            if rng.random() < 0.2:
-                connection.rollback()
-            else:
-                connection.commit()
-    finally:
-        connection.close()
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
@@ -63,7 +41,8 @@ async def test_counters_stay_exact_under_out_of_order_commits_and_rollbacks(
     client: TestClient = await aiohttp_client(app)
     refresher = app[REFRESHER]
     threads = [
-        threading.Thread(target=_writer, args=(dsn, products, seed * 100 + n, 40)) for n in range(4)
+        threading.Thread(target=write_audit_rows, args=(dsn, products, seed * 100 + n, 40))
+        for n in range(4)
     ]
     for thread in threads:
         thread.start()
@@ -78,7 +57,7 @@ async def test_counters_stay_exact_under_out_of_order_commits_and_rollbacks(
     assert lifecycle_counts(await scrape(client)) == audit_counts_by_slug(dsn)
 
 
-async def test_a_gap_held_by_the_newest_running_writer_outlives_its_fence(
+async def test_a_gap_held_by_the_newest_runningwrite_audit_rows_outlives_its_fence(
     aiohttp_client: ClientFactory, fleet_db: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The writer holding the newest transaction id is still running at or above the

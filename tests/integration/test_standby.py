@@ -17,9 +17,8 @@ from exporter.app import create_app
 from exporter.db import Database
 from exporter.refresher import Refresher
 from tests.integration.test_cli import _cli, _config
-from tests.integration.test_refresher_faults import _writer
 from tests.support.counts import audit_counts_by_product, scrape, snapshot_counts
-from tests.support.db import execute, insert_audit, insert_product
+from tests.support.db import execute, insert_audit, insert_product, write_audit_rows
 from tests.support.replica import ReplicatedPostgres
 from tests.support.service import make_settings, wait_until
 
@@ -43,7 +42,8 @@ async def test_counts_on_a_standby_stay_exact_under_out_of_order_writers_and_a_p
     database = Database(settings.database)
     refresher = Refresher(database, settings, version="test")
     threads = [
-        threading.Thread(target=_writer, args=(primary, products, 900 + n, 60)) for n in range(3)
+        threading.Thread(target=write_audit_rows, args=(primary, products, 900 + n, 60))
+        for n in range(3)
     ]
     try:
         assert await refresher.refresh_until_counted()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import random
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -179,5 +181,33 @@ def insert_audit_many(dsn: str, rows: Iterable[Mapping[str, object]]) -> None:
                 " FROM (VALUES %s) AS v(ts, p, u, e, a, actor, d)",
                 values,
             )
+    finally:
+        connection.close()
+
+
+def write_audit_rows(dsn: str, product_ids: list[str], seed: int, transactions: int) -> None:
+    """Insert audit rows of ``product_ids`` in ``transactions`` transactions that overlap
+    those of other writers: some commit late, some roll back (a thread each, beside a refresher)."""
+    rng = random.Random(seed)
+    connection = psycopg2.connect(dsn)
+    try:
+        for _ in range(transactions):
+            with connection.cursor() as cursor:
+                for _ in range(rng.randint(1, 4)):
+                    cursor.execute(
+                        "INSERT INTO audit_log (product_id, action, duration_ms)"
+                        " VALUES (%s, %s, %s)",
+                        (
+                            rng.choice(product_ids),
+                            rng.choice(["provision", "destroy", "health_failed", "wake"]),
+                            rng.choice([None, rng.randint(100, 90_000)]),
+                        ),
+                    )
+                    if rng.random() < 0.3:
+                        time.sleep(rng.uniform(0, 0.02))
+            if rng.random() < 0.2:
+                connection.rollback()
+            else:
+                connection.commit()
     finally:
         connection.close()
