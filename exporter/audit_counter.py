@@ -150,10 +150,6 @@ class AuditCounter:
         )
 
     @property
-    def started(self) -> bool:
-        return self._tracker is not None
-
-    @property
     def counted(self) -> bool:
         """The whole log is counted: the tally holds totals, not partial counts."""
         return self._tracker is not None and (self._backfill is None or self._backfill.done)
