@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import ssl
 import statistics
 import tempfile
@@ -31,7 +30,7 @@ import yaml
 from bench.generate import Scale, bench_key, generate
 from bench.load import LoadResult, ensure_wrk, run_load, tool_name
 from bench.pairs import PairedRatio, paired_ratio, run_interleaved
-from bench.processes import ManagedProcess, start_bare, start_exporter, wait_for
+from bench.processes import ManagedProcess, cpu_s, start_bare, start_exporter, wait_for
 from bench.report import load_average, machine, machine_load_text
 from exporter.loopback import http_get
 from exporter.pgcluster import EmbeddedPostgres, apply_schema
@@ -41,7 +40,6 @@ CONNECTIONS = 16
 LOAD_SECONDS = 2
 PATHS = ("/prometheus", "/status", "/metrics")
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -54,11 +52,6 @@ class ServedRun:
     @property
     def rps(self) -> float:
         return self.load.rps
-
-
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
 def _fetch(url: str, headers: dict[str, str]) -> tuple[bytes, str]:
@@ -77,11 +70,11 @@ def _compare(
     """Each path on both servers, given as (base URL, pid), in interleaved pairs."""
 
     def load(base: str, pid: int, path: str, headers: dict[str, str] | None) -> ServedRun:
-        before = _cpu_s(pid)
+        before = cpu_s(pid)
         result = run_load(
             wrk, f"{base}{path}", seconds=LOAD_SECONDS, connections=CONNECTIONS, headers=headers
         )
-        used_s = _cpu_s(pid) - before
+        used_s = cpu_s(pid) - before
         return ServedRun(result, used_s / max(1, result.requests) * 1e6)
 
     figures = {}

@@ -19,6 +19,7 @@ from exporter import loopback
 from exporter.loopback import free_port, http_get, poll_until
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def wait_for(condition: Callable[[], bool], *, timeout_s: float, what: str) -> None:
@@ -32,6 +33,12 @@ def proc_status_kb(pid: int, field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise KeyError(field)
+
+
+def cpu_s(pid: int) -> float:
+    """User and system CPU seconds the process has used, from ``/proc/<pid>/stat``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
 class ManagedProcess(loopback.ManagedProcess):

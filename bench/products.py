@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shlex
 import statistics
@@ -46,7 +45,7 @@ import psycopg2
 from bench.generate import Scale, bench_key, generate
 from bench.load import LoadResult, ensure_wrk, run_load, tool_name
 from bench.pairs import PAIRS, paired_ratio, run_interleaved
-from bench.processes import REPO_ROOT, ManagedProcess, start_exporter, wait_for
+from bench.processes import REPO_ROOT, ManagedProcess, cpu_s, start_exporter, wait_for
 from bench.report import Row, append_results, machine, render_table
 from exporter.pgcluster import EmbeddedPostgres, apply_schema
 
@@ -59,7 +58,6 @@ STATUS_LOAD_S = 10.0
 PROMETHEUS_LOAD_S = 5.0
 SHARES = {"1 % changing": 0.01, "all changing": 1.0}
 RSS_TARGET_MB = 300.0
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -112,11 +110,6 @@ class AuditWriter:
             connection.close()
 
 
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
-
-
 def _refreshes(process: ManagedProcess) -> list[dict[str, object]]:
     lines = process.log_path.read_text(errors="replace").splitlines()
     return [json.loads(line) for line in lines if '"refresh_ok"' in line]
@@ -164,9 +157,9 @@ def _run_once(
     with exporter:
         exporter.wait_counted(base, timeout_s=1800)
         settled = len(_wait_refreshes(exporter, 3))
-        cpu_before = _cpu_s(exporter.pid)
+        cpu_before = cpu_s(exporter.pid)
         window = _wait_refreshes(exporter, settled + QUIET_REFRESHES)[settled:]
-        cpu_per_refresh_ms = (_cpu_s(exporter.pid) - cpu_before) / len(window) * 1000
+        cpu_per_refresh_ms = (cpu_s(exporter.pid) - cpu_before) / len(window) * 1000
         status = run_load(
             wrk,
             f"{base}/status",
