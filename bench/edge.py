@@ -30,7 +30,7 @@ import yaml
 from bench.generate import Scale, bench_key, generate
 from bench.load import LoadResult, ensure_wrk, run_load, tool_name
 from bench.pairs import PairedRatio, paired_ratio, run_interleaved
-from bench.processes import ManagedProcess, cpu_s, start_bare, start_exporter, wait_for
+from bench.processes import ManagedProcess, cpu_s, fetch, start_bare, start_exporter, wait_for
 from bench.report import load_average, machine, machine_load_text
 from exporter.loopback import http_get
 from exporter.pgcluster import EmbeddedPostgres, apply_schema
@@ -52,13 +52,6 @@ class ServedRun:
     @property
     def rps(self) -> float:
         return self.load.rps
-
-
-def _fetch(url: str, headers: dict[str, str]) -> tuple[bytes, str]:
-    status, answer_headers, body = http_get(url, headers)
-    if status != 200:
-        raise RuntimeError(f"{url}: {status} {body[:300]!r}")
-    return body, answer_headers["Content-Type"]
 
 
 def _compare(
@@ -128,9 +121,9 @@ def _measure(
             timeout_s=600,
             what="the audit history to be counted and published",
         )
-        bodies = {"/prometheus": _fetch(f"{base}/prometheus", {})}
+        bodies = {"/prometheus": fetch(f"{base}/prometheus", {})}
         for path in ("/status", "/metrics"):
-            bodies[path] = _fetch(f"{base}{path}", key)
+            bodies[path] = fetch(f"{base}{path}", key)
         bare, bare_base = start_bare(workdir, bodies, certificate)
         bare.wait_http(f"{bare_base}/prometheus", timeout_s=30)
         return _compare(wrk, (base, exporter.pid), (bare_base, bare.pid), key)

@@ -41,6 +41,14 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
+def fetch(url: str, headers: dict[str, str]) -> tuple[bytes, str]:
+    """The body and content type of a GET that must answer 200."""
+    status, response_headers, body = http_get(url, headers)
+    if status != 200:
+        raise RuntimeError(f"GET {url} answered {status}: {body[:300]!r}")
+    return body, response_headers.get("Content-Type", "application/octet-stream")
+
+
 class ManagedProcess(loopback.ManagedProcess):
     """A child process with a log file, measured through ``/proc`` and awaited over HTTP;
     ``stop`` sends SIGTERM, then SIGKILL if it must."""

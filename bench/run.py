@@ -43,7 +43,7 @@ from bench.census import CensusCost, census_rows, measure_census_cost
 from bench.generate import Scale, append_audit_rows, bench_key, generate
 from bench.load import LoadResult, ensure_wrk, run_load, tool_name
 from bench.pairs import PAIRS, PairedRatio, paired_ratio, run_interleaved
-from bench.processes import ManagedProcess, start_bare, start_exporter, wait_for
+from bench.processes import ManagedProcess, fetch, start_bare, start_exporter, wait_for
 from bench.report import (
     Row,
     append_results,
@@ -227,13 +227,6 @@ def _lead_product_engines(dsn: str) -> int:
     )
 
 
-def _fetch(url: str, headers: dict[str, str]) -> tuple[bytes, str]:
-    status, response_headers, body = http_get(url, headers)
-    if status != 200:
-        raise RuntimeError(f"GET {url} answered {status}: {body[:300]!r}")
-    return body, response_headers.get("Content-Type", "application/octet-stream")
-
-
 def statement_name(text: str) -> str:
     """The exporter's name for a statement pg_stat_statements recorded, else its first words."""
     flat = " ".join(text.split())
@@ -268,15 +261,15 @@ def _measure_served(
     try:
         exporter.wait_counted(base, timeout_s=1800)
         figures.rss_ready_mb = exporter.rss_mb()
-        prometheus, prometheus_type = _fetch(f"{base}/prometheus", {})
+        prometheus, prometheus_type = fetch(f"{base}/prometheus", {})
         figures.exposition_bytes = len(prometheus)
-        gzipped, _ = _fetch(f"{base}/prometheus", {"Accept-Encoding": "gzip"})
+        gzipped, _ = fetch(f"{base}/prometheus", {"Accept-Encoding": "gzip"})
         figures.exposition_gzip_bytes = len(gzipped)
         if without_live(gzip.decompress(gzipped)) != without_live(prometheus):
             raise RuntimeError("gzip and plain expositions differ")
         bodies = {"/prometheus": (prometheus, prometheus_type)}
         for path in ("/status", "/metrics"):
-            bodies[path] = _fetch(f"{base}{path}", key)
+            bodies[path] = fetch(f"{base}{path}", key)
         bare, bare_base = start_bare(workdir, bodies)
         bare.wait_http(f"{bare_base}/prometheus", timeout_s=30)
         for path in bodies:
@@ -343,7 +336,7 @@ def _measure_peer(
     )
     try:
         peer.wait_first_cycle(process, url, timeout_s=600)
-        figures.exposition_bytes = len(_fetch(url, {})[0])
+        figures.exposition_bytes = len(fetch(url, {})[0])
         if dbtime.available(dsn):
             dbtime.reset(dsn)
             cycles = 2
