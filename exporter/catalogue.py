@@ -111,8 +111,9 @@ class FleetFamily(_Documented):
     samples: Callable[[ProductFleet, FleetContext], Iterable[Sample]]
     """One product's samples."""
     reads: Callable[[ProductFleet], object]
-    """The figures of the fleet that ``samples`` reads (with the ``FleetContext``): a
-    product's lines of this family are kept while these compare equal."""
+    """The figures of the fleet that ``samples`` reads besides the product's slug, which
+    every line carries (and the exposition compares for all families at once): a product's
+    lines of this family are kept while these and the ``FleetContext`` compare equal."""
     refreshed: RefreshNote | None = RefreshNote.SENTENCE
 
     @property
@@ -209,38 +210,6 @@ def _quota(fleet: ProductFleet, context: FleetContext) -> Iterable[Sample]:
         yield (fleet.product.slug,), fleet.product.quota_engines
 
 
-def _reads_engines(fleet: ProductFleet) -> object:
-    return fleet.product.slug, fleet.engines_by_status
-
-
-def _reads_lifetime(fleet: ProductFleet) -> object:
-    return fleet.product.slug, fleet.lifetime_by_action
-
-
-def _reads_boots(fleet: ProductFleet) -> object:
-    return fleet.product.slug, fleet.boot_histogram
-
-
-def _reads_oldest_provisioning(fleet: ProductFleet) -> object:
-    return fleet.product.slug, fleet.oldest_provisioning_age_s
-
-
-def _reads_probe_overdue(fleet: ProductFleet) -> object:
-    return fleet.product.slug, fleet.census.probe_overdue
-
-
-def _reads_oldest_probe_age(fleet: ProductFleet) -> object:
-    return fleet.product.slug, fleet.census.oldest_probe_age_s
-
-
-def _reads_versions(fleet: ProductFleet) -> object:
-    return fleet.product.slug, fleet.census.engines_by_version
-
-
-def _reads_quota(fleet: ProductFleet) -> object:
-    return fleet.product.slug, fleet.product.quota_engines
-
-
 def _refresh_duration(data: ExpositionInput) -> Iterable[Sample]:
     yield (), data.stats.last_duration_s
 
@@ -278,7 +247,7 @@ FAMILIES: tuple[Family, ...] = (
         " status=other.",
         labels=("product", "status"),
         samples=_engines,
-        reads=_reads_engines,
+        reads=lambda fleet: fleet.engines_by_status,
     ),
     FleetFamily(
         name="engine_fleet_health",
@@ -287,7 +256,7 @@ FAMILIES: tuple[Family, ...] = (
         " share at or above the configured ratio; degraded otherwise), 0 for the others.",
         labels=("product", "health"),
         samples=_health,
-        reads=_reads_engines,
+        reads=lambda fleet: fleet.engines_by_status,
     ),
     FleetFamily(
         name="engine_fleet_failed_ratio",
@@ -295,7 +264,7 @@ FAMILIES: tuple[Family, ...] = (
         help="Failed engines divided by all engines (0 for an empty fleet).",
         labels=("product",),
         samples=_failed_ratio,
-        reads=_reads_engines,
+        reads=lambda fleet: fleet.engines_by_status,
     ),
     FleetFamily(
         name="engine_fleet_lifecycle_events_total",
@@ -304,14 +273,14 @@ FAMILIES: tuple[Family, ...] = (
         " action=other.",
         labels=("product", "action"),
         samples=_lifecycle_events,
-        reads=_reads_lifetime,
+        reads=lambda fleet: fleet.lifetime_by_action,
     ),
     FleetHistogram(
         name="engine_fleet_boot_duration_seconds",
         help="Boot durations in seconds of provision rows that carry one, over the whole log.",
         labels=("product",),
         histograms=_boot_durations,
-        reads=_reads_boots,
+        reads=lambda fleet: fleet.boot_histogram,
     ),
     FleetFamily(
         name="engine_fleet_oldest_provisioning_seconds",
@@ -319,7 +288,7 @@ FAMILIES: tuple[Family, ...] = (
         help="Age in seconds of the oldest engine still provisioning (0 when none).",
         labels=("product",),
         samples=_oldest_provisioning,
-        reads=_reads_oldest_provisioning,
+        reads=lambda fleet: fleet.oldest_provisioning_age_s,
     ),
     FleetFamily(
         name="engine_fleet_engines_probe_overdue",
@@ -328,7 +297,7 @@ FAMILIES: tuple[Family, ...] = (
         f"{_CENSUS}",
         labels=("product",),
         samples=_probe_overdue,
-        reads=_reads_probe_overdue,
+        reads=lambda fleet: fleet.census.probe_overdue,
         refreshed=None,
     ),
     FleetFamily(
@@ -338,7 +307,7 @@ FAMILIES: tuple[Family, ...] = (
         f" (0 when none).{_CENSUS}",
         labels=("product",),
         samples=_oldest_probe_age,
-        reads=_reads_oldest_probe_age,
+        reads=lambda fleet: fleet.census.oldest_probe_age_s,
         refreshed=None,
     ),
     FleetFamily(
@@ -348,7 +317,7 @@ FAMILIES: tuple[Family, ...] = (
         f" count as version=other.{_CENSUS}",
         labels=("product", "version"),
         samples=_engines_by_version,
-        reads=_reads_versions,
+        reads=lambda fleet: fleet.census.engines_by_version,
         refreshed=None,
     ),
     FleetFamily(
@@ -357,7 +326,7 @@ FAMILIES: tuple[Family, ...] = (
         help="The product's policy max_engines; absent when its policy sets no positive integer.",
         labels=("product",),
         samples=_quota,
-        reads=_reads_quota,
+        reads=lambda fleet: fleet.product.quota_engines,
     ),
     SelfFamily(
         name="engine_fleet_exporter_refresh_duration_seconds",

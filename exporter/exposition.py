@@ -273,7 +273,7 @@ class ExpositionRenderer:
         for fleet in ordered:
             product_id = fleet.product.product_id
             entry = previous.get(product_id)
-            if entry is None:
+            if entry is None or entry.fleet.product.slug != fleet.product.slug:
                 lines = tuple(product_lines(f, fleet, context) for f in FLEET_FAMILIES)
                 entry = _ProductEntry(fleet, lines)
                 self.last_rendered += 1

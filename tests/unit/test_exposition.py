@@ -31,6 +31,7 @@ from prometheus_client.utils import floatToGoString
 from exporter.audit import AuditRow, AuditTally
 from exporter.catalogue import (
     FAMILIES,
+    FLEET_FAMILIES,
     ExpositionInput,
     Family,
     FleetFamily,
@@ -327,6 +328,18 @@ def test_a_changed_context_renders_every_product_again() -> None:
     data = replace(_snapshot_input(fleets), critical_failed_ratio=0.5)
     _assert_same_as_reference(renderer.render(data), data)
     assert renderer.last_rendered == 10
+
+
+def test_a_renamed_product_renders_every_family_again() -> None:
+    fleets = _fleets(10)
+    renderer = ExpositionRenderer()
+    renderer.render(_snapshot_input(fleets))
+    renamed = replace(fleets[4].product, slug="renamed")
+    fleets[4] = replace(fleets[4], product=renamed)
+    data = _snapshot_input(fleets)
+    _assert_same_as_reference(renderer.render(data), data)
+    assert renderer.last_rendered == 1
+    assert renderer.last_rendered_families == len(FLEET_FAMILIES)
 
 
 def test_gzip_segments_of_unchanged_products_are_not_compressed_again() -> None:
