@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from exporter.errors import ApiError, error_response
 from exporter.logs import log_event
 
 logger = logging.getLogger("exporter.demo")
@@ -63,9 +64,7 @@ def receiver_app(emit: Callable[[str], None]) -> web.Application:
         except ValueError as error:
             reason = str(error) if isinstance(error, BadNotification) else "the body is not JSON"
             log_event(logger, logging.WARNING, "demo_receiver_rejected", reason=reason)
-            return web.json_response(
-                {"error": {"code": "INVALID_NOTIFICATION", "message": reason}}, status=400
-            )
+            return error_response(ApiError(400, "INVALID_NOTIFICATION", reason))
         emit(line)
         return web.json_response({"status": "received"})
 
