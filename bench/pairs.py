@@ -69,13 +69,20 @@ def run_interleaved(
     run_ours: Callable[[], Result], run_reference: Callable[[], Result], pairs: int = PAIRS
 ) -> tuple[list[Result], list[Result]]:
     """Run ``pairs`` pairs, ours first in even pairs and the reference first in odd ones."""
-    ours: list[Result] = []
-    reference: list[Result] = []
-    for index in range(pairs):
-        if index % 2 == 0:
-            ours.append(run_ours())
-            reference.append(run_reference())
-        else:
-            reference.append(run_reference())
-            ours.append(run_ours())
+    ours, reference = run_rounds((run_ours, run_reference), pairs)
     return ours, reference
+
+
+def run_rounds(
+    sides: Sequence[Callable[[], Result]], rounds: int = PAIRS
+) -> tuple[list[Result], ...]:
+    """Run every side once per round, in the given order in even rounds and in the reverse
+    order in odd ones (so that with more than two sides too, a drift of the machine weighs on
+    all alike); one list of runs per side, round by round. The i-th runs of any two sides
+    form a pair for ``paired_ratio``."""
+    runs: tuple[list[Result], ...] = tuple([] for _ in sides)
+    order = list(range(len(sides)))
+    for index in range(rounds):
+        for side in order if index % 2 == 0 else reversed(order):
+            runs[side].append(sides[side]())
+    return runs

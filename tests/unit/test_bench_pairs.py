@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.pairs import PAIRS, paired_ratio, run_interleaved
+from bench.pairs import PAIRS, paired_ratio, run_interleaved, run_rounds
 
 
 def test_the_ratio_is_the_median_of_the_pair_ratios_with_their_spread() -> None:
@@ -53,3 +53,15 @@ def test_runs_are_interleaved_with_the_order_alternating_per_pair() -> None:
 
 def test_a_comparison_has_at_least_seven_pairs_by_default() -> None:
     assert PAIRS >= 7
+
+
+def test_three_sides_run_once_per_round_with_the_order_reversed_every_other_round() -> None:
+    calls: list[str] = []
+
+    def run(side: str) -> str:
+        calls.append(side)
+        return f"{side}{len(calls)}"
+
+    a, b, c = run_rounds([lambda: run("A"), lambda: run("B"), lambda: run("C")], rounds=3)
+    assert calls == ["A", "B", "C", "C", "B", "A", "A", "B", "C"]
+    assert (a, b, c) == (["A1", "A6", "A7"], ["B2", "B5", "B8"], ["C3", "C4", "C9"])
