@@ -1,9 +1,14 @@
 """The baseline: a bare aiohttp server that answers each path with fixed bytes.
 
-It runs as its own process, like the exporter, and serves exactly the bodies (and content
-types) the exporter served, so the throughput ratio measures what the exporter adds on top of
-aiohttp itself. Usage: ``python -m bench.bare --port N MANIFEST.json`` where the manifest maps
-paths to ``{"file": ..., "content_type": ...}``.
+It runs as its own process, like the exporter, and answers each path with exactly the body
+and the response headers the exporter sent for it (all but those aiohttp writes itself:
+``Date``, ``Server``, ``Content-Length``, ``Connection``), while the load sends both servers
+the very same request, platform key included. So parsing the request and writing the answer's
+headers, aiohttp's work on the same bytes, is on both sides, and the throughput ratio
+measures what the exporter adds on top of aiohttp itself: routing to its handlers, the
+edge's guard, authentication, freshness, the self-metrics. Usage: ``python -m bench.bare
+--port N MANIFEST.json`` where the manifest maps paths to ``{"file": ..., "headers":
+[[name, value], ...]}``.
 """
 
 from __future__ import annotations
@@ -15,21 +20,25 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
-def _fixed(body: bytes, content_type: str) -> Handler:
+def _fixed(body: bytes, headers: CIMultiDict[str]) -> Handler:
     async def handler(request: web.Request) -> web.Response:
-        return web.Response(body=body, headers={"Content-Type": content_type})
+        return web.Response(body=body, headers=headers)
 
     return handler
 
 
-def build_app(manifest: dict[str, dict[str, str]]) -> web.Application:
+def build_app(manifest: dict[str, dict[str, object]]) -> web.Application:
     app = web.Application()
     for path, entry in manifest.items():
-        app.router.add_get(path, _fixed(Path(entry["file"]).read_bytes(), entry["content_type"]))
+        body = Path(str(entry["file"])).read_bytes()
+        headers = entry["headers"]
+        assert isinstance(headers, list)
+        app.router.add_get(path, _fixed(body, CIMultiDict((str(n), str(v)) for n, v in headers)))
     return app
 
 

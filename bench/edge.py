@@ -2,14 +2,26 @@
 
 One fleet is generated in a throwaway PostgreSQL; ``fleet-exporter serve`` answers
 ``/prometheus``, ``/status`` and ``/metrics``, each side by side with a bare aiohttp process
-serving the very same bytes, in interleaved A/B pairs (``bench.pairs``), first in plain HTTP,
-then both over TLS (the exporter by its web configuration file, the bare server with the same
-certificate), loaded by wrk with keep-alive connections. Beside the throughput each side's
-CPU time per request is read from ``/proc`` (user and system time of the server process over
-the run, divided by the requests it answered): on a shared machine a busy neighbour lowers
-both sides' requests per second, but much less what one request costs. The table is
-printed and, unless ``--no-append``, added to ``bench/RESULTS.md``; ``--plain-only`` skips
-the TLS half (for quick looks, not for the record).
+(``bench.bare``) in interleaved rounds (``bench.pairs``), first in plain HTTP, then both over
+TLS (the exporter by its web configuration file, the bare server with the same certificate),
+loaded by wrk with keep-alive connections.
+
+The baseline is like for like: the bare server answers each path with the very body and
+response headers the exporter sent for it (fetched once before the load; only ``Date``,
+``Server``, ``Content-Length`` and ``Connection``, which aiohttp writes itself, are left
+out), and wrk sends both the very same request, ``X-Platform-Key`` included. What the ratio
+measures is then what the exporter adds on top of aiohttp, not aiohttp parsing a longer
+request and writing longer headers for one side only. The previous definition, a bare server
+sent no key and answering the same bodies with their content type alone, is measured as a
+third server in the same rounds and printed in a table of its own, so figures recorded
+before the change can be read against this one.
+
+Beside the throughput each side's CPU time per request is read from ``/proc`` (user and
+system time of the server process over the run, divided by the requests it answered): on a
+shared machine a busy neighbour lowers both sides' requests per second, but much less what
+one request costs. The tables are printed and, unless ``--no-append``, added to
+``bench/RESULTS.md``; ``--plain-only`` skips the TLS half (for quick looks, not for the
+record).
 """
 
 from __future__ import annotations
@@ -29,7 +41,7 @@ import yaml
 
 from bench.generate import Scale, bench_key, generate
 from bench.load import LoadResult, ensure_wrk, run_load, tool_name
-from bench.pairs import PairedRatio, paired_ratio, run_interleaved
+from bench.pairs import PAIRS, PairedRatio, paired_ratio, run_rounds
 from bench.processes import ManagedProcess, cpu_s, fetch, start_bare, start_exporter, wait_for
 from bench.report import load_average, machine, machine_load_text
 from exporter.loopback import http_get
@@ -54,31 +66,62 @@ class ServedRun:
         return self.load.rps
 
 
-def _compare(
-    wrk: str | None,
-    ours: tuple[str, int],
-    bare: tuple[str, int],
-    key: dict[str, str],
-) -> dict[str, PairedRatio[ServedRun]]:
-    """Each path on both servers, given as (base URL, pid), in interleaved pairs."""
+@dataclass(frozen=True)
+class Server:
+    """A server under load: its base URL and its process id (read for CPU time)."""
 
-    def load(base: str, pid: int, path: str, headers: dict[str, str] | None) -> ServedRun:
-        before = cpu_s(pid)
+    base: str
+    pid: int
+
+
+@dataclass(frozen=True)
+class EndpointFigures:
+    """One endpoint's rounds: the exporter against the like-for-like bare server, and against
+    the bare server of the previous definition (same bodies only, no key sent)."""
+
+    like_for_like: PairedRatio[ServedRun]
+    body_only: PairedRatio[ServedRun]
+
+
+def _rps(run: ServedRun) -> float:
+    return run.rps
+
+
+def _compare(
+    wrk: str | None, ours: Server, like: Server, body_only: Server, key: dict[str, str]
+) -> dict[str, EndpointFigures]:
+    """Each path on the three servers, in interleaved rounds."""
+
+    def load(server: Server, path: str, headers: dict[str, str] | None) -> ServedRun:
+        before = cpu_s(server.pid)
         result = run_load(
-            wrk, f"{base}{path}", seconds=LOAD_SECONDS, connections=CONNECTIONS, headers=headers
+            wrk,
+            f"{server.base}{path}",
+            seconds=LOAD_SECONDS,
+            connections=CONNECTIONS,
+            headers=headers,
         )
-        used_s = cpu_s(pid) - before
+        used_s = cpu_s(server.pid) - before
         return ServedRun(result, used_s / max(1, result.requests) * 1e6)
 
     figures = {}
     for path in PATHS:
         headers = key if path != "/prometheus" else None
-        runs = run_interleaved(
-            functools.partial(load, *ours, path, headers),
-            functools.partial(load, *bare, path, None),
+        mine, theirs, previous = run_rounds(
+            [
+                functools.partial(load, ours, path, headers),
+                functools.partial(load, like, path, headers),
+                functools.partial(load, body_only, path, None),
+            ]
         )
-        figures[path] = paired_ratio(*runs, lambda run: run.rps)
-        print(f"{ours[0]}{path}: {figures[path].text()}", flush=True)
+        figures[path] = EndpointFigures(
+            paired_ratio(mine, theirs, _rps), paired_ratio(mine, previous, _rps)
+        )
+        print(
+            f"{ours.base}{path}: {figures[path].like_for_like.text()}"
+            f" (body only: {figures[path].body_only.text()})",
+            flush=True,
+        )
     return figures
 
 
@@ -98,9 +141,7 @@ def _certificate(workdir: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-def _measure(
-    workdir: Path, dsn: str, wrk: str | None, *, tls: bool
-) -> dict[str, PairedRatio[ServedRun]]:
+def _measure(workdir: Path, dsn: str, wrk: str | None, *, tls: bool) -> dict[str, EndpointFigures]:
     web_config = certificate = None
     if tls:
         certificate = _certificate(workdir)
@@ -112,7 +153,7 @@ def _measure(
     exporter, base = start_exporter(
         workdir, dsn, interval_s=3600, max_staleness_s=7200, web_config=web_config
     )
-    bare: ManagedProcess | None = None
+    bare: list[ManagedProcess] = []
     key = {"X-Platform-Key": bench_key(1)}
     try:
         exporter.wait_counted(base, timeout_s=600)
@@ -121,42 +162,78 @@ def _measure(
             timeout_s=600,
             what="the audit history to be counted and published",
         )
-        bodies = {"/prometheus": fetch(f"{base}/prometheus", {})}
-        for path in ("/status", "/metrics"):
-            bodies[path] = fetch(f"{base}{path}", key)
-        bare, bare_base = start_bare(workdir, bodies, certificate)
-        bare.wait_http(f"{bare_base}/prometheus", timeout_s=30)
-        return _compare(wrk, (base, exporter.pid), (bare_base, bare.pid), key)
+        answers = {
+            path: fetch(f"{base}{path}", key if path != "/prometheus" else {}) for path in PATHS
+        }
+        bases = []
+        for served in (answers, {path: answer.body_only() for path, answer in answers.items()}):
+            process, bare_base = start_bare(workdir, served, certificate)
+            bare.append(process)
+            process.wait_http(f"{bare_base}/prometheus", timeout_s=30)
+            bases.append(Server(bare_base, process.pid))
+        return _compare(wrk, Server(base, exporter.pid), *bases, key)
     finally:
-        if bare is not None:
-            bare.stop()
+        for process in bare:
+            process.stop()
         exporter.stop()
 
 
-def _table(figures: dict[str, dict[str, PairedRatio[ServedRun]]]) -> str:
-    """One row per transport and endpoint: requests per second of the median pair, the pair
-    ratio, and CPU per request (medians of each side's runs; its ratio bare / exporter, so
-    that for both ratios 1.0 is parity and lower is costlier)."""
+def _cpu_median(runs: tuple[ServedRun, ...]) -> str:
+    return f"{statistics.median(run.cpu_us_per_request for run in runs):.1f}"
+
+
+def _cpu_ratio(pairs: PairedRatio[ServedRun]) -> PairedRatio[ServedRun]:
+    """Bare's CPU per request over the exporter's, pair by pair: like the throughput ratio,
+    1.0 is parity and lower is costlier."""
+    return paired_ratio(pairs.ours, pairs.reference, lambda run: 1 / run.cpu_us_per_request)
+
+
+def _table(figures: dict[str, dict[str, EndpointFigures]]) -> str:
+    """The like-for-like comparison, one row per transport and endpoint: requests per second
+    of the median pair, the pair ratio, and CPU per request (medians of each side's runs)."""
     rows = [
         "| transport | endpoint | exporter req/s | bare aiohttp req/s "
-        "| throughput ratio (median of 7 pairs, min-max) "
+        f"| throughput ratio (median of {PAIRS} pairs, min-max) "
         "| exporter CPU µs/request | bare CPU µs/request | CPU ratio bare/exporter (min-max) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for transport, by_path in figures.items():
         for path in PATHS:
-            pairs = by_path[path]
+            pairs = by_path[path].like_for_like
             ours, bare = pairs.median_pair
-            cpu = paired_ratio(pairs.ours, pairs.reference, lambda run: 1 / run.cpu_us_per_request)
             cells = [
                 transport,
                 f"`{path}`",
                 f"{ours.rps:,.0f}",
                 f"{bare.rps:,.0f}",
                 pairs.text(),
-                f"{statistics.median(run.cpu_us_per_request for run in pairs.ours):.1f}",
-                f"{statistics.median(run.cpu_us_per_request for run in pairs.reference):.1f}",
-                cpu.text(),
+                _cpu_median(pairs.ours),
+                _cpu_median(pairs.reference),
+                _cpu_ratio(pairs).text(),
+            ]
+            rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def _body_only_table(figures: dict[str, dict[str, EndpointFigures]]) -> str:
+    """The same exporter runs against the previous baseline (same bodies, content type
+    only, no key sent), for reading older sections."""
+    rows = [
+        "| transport | endpoint | body-only bare req/s "
+        f"| throughput ratio (median of {PAIRS} pairs, min-max) "
+        "| body-only bare CPU µs/request | CPU ratio bare/exporter (min-max) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for transport, by_path in figures.items():
+        for path in PATHS:
+            pairs = by_path[path].body_only
+            cells = [
+                transport,
+                f"`{path}`",
+                f"{pairs.median_pair[1].rps:,.0f}",
+                pairs.text(),
+                _cpu_median(pairs.reference),
+                _cpu_ratio(pairs).text(),
             ]
             rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
@@ -190,10 +267,17 @@ def main(argv: list[str] | None = None) -> int:
             "",
             f"Machine: {machine()}; {machine_load_text(load_before, load_average())}."
             f" Load: {tool_name(wrk)}, {CONNECTIONS} keep-alive"
-            f" connections, {LOAD_SECONDS} s per run, 7 interleaved pairs per comparison."
-            f" Fleet: {SCALE.label}. Command: `python -m bench.edge`.",
+            f" connections, {LOAD_SECONDS} s per run, {PAIRS} interleaved rounds of the three"
+            f" servers. Fleet: {SCALE.label}. Command: `python -m bench.edge`.",
+            "",
+            "Against bare aiohttp answering the same request with the same body and headers:",
             "",
             table,
+            "",
+            "The same exporter runs against the previous baseline (same bodies, content type"
+            " only, no key sent):",
+            "",
+            _body_only_table(figures),
             "",
         ]
     )

@@ -10,6 +10,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -41,12 +42,39 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
-def fetch(url: str, headers: dict[str, str]) -> tuple[bytes, str]:
-    """The body and content type of a GET that must answer 200."""
+AIOHTTP_OWN_HEADERS = frozenset({"date", "server", "content-length", "connection"})
+"""Response headers aiohttp writes itself on every answer, the bare baseline's included."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A 200 answer as the bare baseline repeats it: the body and the response headers the
+    server chose, in order (those aiohttp writes itself left out)."""
+
+    body: bytes
+    headers: tuple[tuple[str, str], ...]
+
+    @property
+    def content_type(self) -> str:
+        return dict(self.headers).get("Content-Type", "application/octet-stream")
+
+    def body_only(self) -> Answer:
+        """The same body with its content type alone: the baseline before it carried every
+        header the exporter sends."""
+        return Answer(self.body, (("Content-Type", self.content_type),))
+
+
+def fetch(url: str, headers: dict[str, str]) -> Answer:
+    """The answer to a GET that must answer 200."""
     status, response_headers, body = http_get(url, headers)
     if status != 200:
         raise RuntimeError(f"GET {url} answered {status}: {body[:300]!r}")
-    return body, response_headers.get("Content-Type", "application/octet-stream")
+    chosen = tuple(
+        (name, value)
+        for name, value in response_headers.items()
+        if name.lower() not in AIOHTTP_OWN_HEADERS
+    )
+    return Answer(body, chosen)
 
 
 class ManagedProcess(loopback.ManagedProcess):
@@ -114,13 +142,14 @@ def start_exporter(
     state: dict[str, object] | None = None,
     package_root: Path | None = None,
     web_config: Path | None = None,
+    wrapper: Sequence[str] = (),
 ) -> tuple[ManagedProcess, str]:
     """``fleet-exporter serve`` on a free port, with a config written for it; (process, base).
 
     ``refresh`` and ``log`` add settings to those sections, ``state`` is the state section;
     ``package_root`` runs the copy of the ``exporter`` package found there instead of this
     tree's; ``web_config`` is its web configuration file (with TLS in it, the base is
-    https)."""
+    https); ``wrapper`` runs it under another program (valgrind)."""
     port = free_port()
     config: dict[str, dict[str, object]] = {
         "database": {
@@ -145,7 +174,7 @@ def start_exporter(
     config_path.write_text(yaml.safe_dump(config))
     process = ManagedProcess(
         "fleet-exporter",
-        [sys.executable, "-m", "exporter", "serve", "--config", str(config_path)],
+        [*wrapper, sys.executable, "-m", "exporter", "serve", "--config", str(config_path)],
         workdir / f"exporter-{port}.log",
         env={"PYTHONPATH": str(package_root)} if package_root else None,
         cwd=package_root,
@@ -155,19 +184,34 @@ def start_exporter(
 
 
 def start_bare(
-    workdir: Path, bodies: dict[str, tuple[bytes, str]], tls: tuple[Path, Path] | None = None
+    workdir: Path,
+    answers: dict[str, Answer],
+    tls: tuple[Path, Path] | None = None,
+    wrapper: Sequence[str] = (),
 ) -> tuple[ManagedProcess, str]:
-    """The bare aiohttp baseline serving ``path -> (body, content type)``, over TLS with
-    ``tls`` (certificate, key); (process, base)."""
+    """The bare aiohttp baseline answering each path with its ``Answer`` (body and
+    headers), over TLS with ``tls`` (certificate, key), under ``wrapper`` if given;
+    (process, base)."""
     port = free_port()
-    manifest: dict[str, dict[str, str]] = {}
-    for index, (path, (body, content_type)) in enumerate(bodies.items()):
+    manifest: dict[str, dict[str, object]] = {}
+    for index, (path, answer) in enumerate(answers.items()):
         body_path = workdir / f"bare-{port}-{index}.body"
-        body_path.write_bytes(body)
-        manifest[path] = {"file": str(body_path), "content_type": content_type}
+        body_path.write_bytes(answer.body)
+        manifest[path] = {
+            "file": str(body_path),
+            "headers": [list(pair) for pair in answer.headers],
+        }
     manifest_path = workdir / f"bare-{port}.json"
     manifest_path.write_text(json.dumps(manifest))
-    command = [sys.executable, "-m", "bench.bare", "--port", str(port), str(manifest_path)]
+    command = [
+        *wrapper,
+        sys.executable,
+        "-m",
+        "bench.bare",
+        "--port",
+        str(port),
+        str(manifest_path),
+    ]
     if tls is not None:
         command += ["--cert", str(tls[0]), "--key", str(tls[1])]
     process = ManagedProcess(

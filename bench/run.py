@@ -7,7 +7,8 @@ For each scale a database is generated in a throwaway PostgreSQL (``bench.genera
   ``pg_stat_statements``; the lifetime counters are checked against ``count(*)``;
 * ``fleet-exporter serve`` runs as a subprocess: ``/prometheus``, ``/status``, ``/metrics`` and
   ``/engines`` are loaded on loopback (wrk, else an aiohttp client loop), each snapshot endpoint
-  side by side with a bare aiohttp process serving the very same bytes, as the median of
+  side by side with a bare aiohttp process giving the same answer (body and headers) to the
+  same request (``bench.bare``), as the median of
   interleaved A/B pairs (``bench.pairs``: a noisy machine cannot fool it); resident memory is read
   from ``/proc`` after the first refresh and after the load;
 * at the main scale, ``/engines`` is paged at growing offsets and by keyset cursor on the
@@ -125,7 +126,7 @@ class Refreshes:
 @dataclass
 class ServedFigures:
     snapshot_loads: dict[str, PairedRatio[LoadResult]] = field(default_factory=dict)
-    """Each snapshot endpoint against bare aiohttp serving the same bytes, in interleaved pairs."""
+    """Each snapshot endpoint against bare aiohttp giving the same answer, in interleaved pairs."""
     engines_load: LoadResult | None = None
     engines: dict[str, LoadResult] = field(default_factory=dict)
     exposition_bytes: int = 0
@@ -261,22 +262,23 @@ def _measure_served(
     try:
         exporter.wait_counted(base, timeout_s=1800)
         figures.rss_ready_mb = exporter.rss_mb()
-        prometheus, prometheus_type = fetch(f"{base}/prometheus", {})
-        figures.exposition_bytes = len(prometheus)
-        gzipped, _ = fetch(f"{base}/prometheus", {"Accept-Encoding": "gzip"})
+        prometheus = fetch(f"{base}/prometheus", {})
+        figures.exposition_bytes = len(prometheus.body)
+        gzipped = fetch(f"{base}/prometheus", {"Accept-Encoding": "gzip"}).body
         figures.exposition_gzip_bytes = len(gzipped)
-        if without_live(gzip.decompress(gzipped)) != without_live(prometheus):
+        if without_live(gzip.decompress(gzipped)) != without_live(prometheus.body):
             raise RuntimeError("gzip and plain expositions differ")
-        bodies = {"/prometheus": (prometheus, prometheus_type)}
+        answers = {"/prometheus": prometheus}
         for path in ("/status", "/metrics"):
-            bodies[path] = fetch(f"{base}{path}", key)
-        bare, bare_base = start_bare(workdir, bodies)
+            answers[path] = fetch(f"{base}{path}", key)
+        # Like for like (see bench.bare): the same answer's headers and the same request.
+        bare, bare_base = start_bare(workdir, answers)
         bare.wait_http(f"{bare_base}/prometheus", timeout_s=30)
-        for path in bodies:
+        for path in answers:
             headers = key if path != "/prometheus" else None
             ours, bare_runs = run_interleaved(
                 functools.partial(load, f"{base}{path}", headers, SNAPSHOT_CONNECTIONS),
-                functools.partial(load, f"{bare_base}{path}", None, SNAPSHOT_CONNECTIONS),
+                functools.partial(load, f"{bare_base}{path}", headers, SNAPSHOT_CONNECTIONS),
             )
             figures.snapshot_loads[path] = paired_ratio(ours, bare_runs, _rps)
         figures.engines_load = load(f"{base}/engines?limit=100", key, ENGINES_CONNECTIONS)
@@ -336,7 +338,7 @@ def _measure_peer(
     )
     try:
         peer.wait_first_cycle(process, url, timeout_s=600)
-        figures.exposition_bytes = len(fetch(url, {})[0])
+        figures.exposition_bytes = len(fetch(url, {}).body)
         if dbtime.available(dsn):
             dbtime.reset(dsn)
             cycles = 2
@@ -479,7 +481,7 @@ def build_rows(plan: Plan, results: list[ScaleResult]) -> list[Row]:
                     label,
                     f"GET {path} ({SNAPSHOT_CONNECTIONS} connections), median pair",
                     _load_text(ours),
-                    "bare aiohttp, same bytes: " + _load_text(bare),
+                    "bare aiohttp, same answer: " + _load_text(bare),
                     comparison.text(),
                     ">= 0.8x (median)",
                     comparison.median >= 0.8 and clean,
