@@ -7,7 +7,6 @@ small unauthenticated endpoints (``/healthz``, ``/readyz``, ``/``, ``/openapi.js
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import math
 import operator
@@ -19,12 +18,11 @@ from multidict import CIMultiDict
 
 from exporter.config import Settings
 from exporter.db import Database, DatabaseUnavailable
-from exporter.domain import ENGINE_LISTING_FIELDS, EngineRecord, ProductFleet
+from exporter.domain import ENGINE_LISTING_FIELDS, EngineRecord
 from exporter.errors import (
     ApiError,
     Handler,
     endpoint,
-    invalid_platform_key,
     method_not_allowed,
     not_found,
 )
@@ -32,6 +30,7 @@ from exporter.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
 from exporter.negotiation import accepts_gzip, choose_exposition, parse_credentials
 from exporter.openapi import openapi_document
 from exporter.paging import parse_engines_query
+from exporter.platform_keys import PlatformKeys
 from exporter.queries import EnginePosition, fetch_engines_page
 from exporter.refresher import Published, Refresher
 from exporter.routes import ROUTE_PATHS
@@ -46,9 +45,9 @@ WEB_CONFIG = web.AppKey("web_config", WebConfigSource)
 BASIC_AUTH = web.AppKey("basic_auth", BasicAuthCheck)
 LIVE_METRICS = web.AppKey("live_metrics", LiveMetrics)
 
+PLATFORM_KEYS = web.AppKey("platform_keys", PlatformKeys)
+
 PLATFORM_KEY_HEADER = "X-Platform-Key"
-#: The longest header value the edge lets through; a longer key never reaches a handler.
-MAX_PLATFORM_KEY_LENGTH = 8192
 #: Answers differ per platform key: no shared cache may keep them, none may mix them up.
 PER_PRODUCT_HEADERS = {"Vary": PLATFORM_KEY_HEADER}
 
@@ -57,32 +56,6 @@ def _iso(moment: datetime | None) -> str | None:
     if moment is None:
         return None
     return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def _authenticate(request: web.Request, published: Published) -> ProductFleet:
-    """Hash the platform key and find its product among the keys the refresher loaded; the
-    caller's fleet in that same snapshot.
-
-    Unknown keys never reach the database: the key index comes from the last refresh.
-    """
-    keys = request.headers.getall(PLATFORM_KEY_HEADER, ())
-    if len(keys) != 1:
-        raise invalid_platform_key()
-    key = keys[0]
-    if not key or len(key) > MAX_PLATFORM_KEY_LENGTH:
-        raise invalid_platform_key()
-    digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
-    snapshot = published.snapshot
-    if snapshot is None:
-        raise ApiError(
-            503,
-            "FLEET_DATA_UNAVAILABLE",
-            "Platform keys are not loaded yet: the first refresh has not succeeded.",
-        )
-    product = snapshot.products_by_key_hash.get(digest)
-    if product is None or not hmac.compare_digest(product.api_key_hash, digest):
-        raise invalid_platform_key()
-    return snapshot.fleets[product.product_id]
 
 
 def _json_value(value: object) -> object:
@@ -97,7 +70,9 @@ def _engine_json(engine: EngineRecord) -> dict[str, object]:
 async def list_engines(request: web.Request) -> web.Response:
     refresher = request.app[REFRESHER]
     published = refresher.published
-    fleet = _authenticate(request, published)
+    fleet = request.app[PLATFORM_KEYS].fleet(
+        request.headers.getall(PLATFORM_KEY_HEADER, ()), published.snapshot
+    )
     query = parse_engines_query(request.query)
     # total: the count /status shows, so a page costs the database only the page; counted
     # live in the page's snapshot when the refresher's data is stale.
@@ -132,16 +107,17 @@ class SnapshotEndpoints:
     """``/status``, ``/metrics`` and the scrape endpoint: the answers served from the
     published snapshot, asked for by every scrape and every dashboard poll.
 
-    They are bound to the app's refresher, self-metrics and web configuration once, when the
-    routes are added, rather than looking each up in the app on every request; a request
-    reads ``published`` once and the clock once, so the answer and the staleness it is
-    judged by belong to one refresh. Their response headers are built once per snapshot and
-    ``max-age`` value (the scrape endpoint's once), not per request."""
+    They are bound to the app's refresher, platform keys, self-metrics and web configuration
+    once, when the routes are added, rather than looking each up in the app on every
+    request; a request reads ``published`` once and the clock once, so the answer and the
+    staleness it is judged by belong to one refresh. Their response headers are built once
+    per snapshot and ``max-age`` value (the scrape endpoint's once), not per request."""
 
     def __init__(self, app: web.Application) -> None:
         self._refresher = app[REFRESHER]
         self._clock = self._refresher.clock
         self._live = app[LIVE_METRICS]
+        self._platform_keys = app[PLATFORM_KEYS]
         self._web_config = app[WEB_CONFIG]
         self._basic_auth = app[BASIC_AUTH]
         self._bearer_token = app[SETTINGS].prometheus.bearer_token
@@ -158,11 +134,13 @@ class SnapshotEndpoints:
     ) -> Handler:
         """A handler answering the caller's body, rendered with the snapshot, or the 503 that
         says why not (an ``audit_derived`` body only once the audit history is counted)."""
-        refresher, clock = self._refresher, self._clock
+        refresher, clock, platform_keys = self._refresher, self._clock, self._platform_keys
 
         async def answer(request: web.Request) -> web.Response:
             published = refresher.published
-            fleet = _authenticate(request, published)
+            fleet = platform_keys.fleet(
+                request.headers.getall(PLATFORM_KEY_HEADER, ()), published.snapshot
+            )
             now = clock()
             if published.is_stale(now):
                 raise ApiError(

@@ -20,6 +20,7 @@ from exporter.api import (
     BASIC_AUTH,
     DATABASE,
     LIVE_METRICS,
+    PLATFORM_KEYS,
     REFRESHER,
     SETTINGS,
     WEB_CONFIG,
@@ -28,6 +29,7 @@ from exporter.api import (
 from exporter.config import Settings
 from exporter.db import Database, is_cancelled_statement
 from exporter.logs import log_event
+from exporter.platform_keys import PlatformKeys
 from exporter.refresher import Refresher
 from exporter.selfmetrics import LiveMetrics
 from exporter.webconfig import BasicAuthCheck, WebConfigSource
@@ -46,6 +48,7 @@ def create_app(settings: Settings, *, refresh_in_background: bool = True) -> web
     app[WEB_CONFIG] = WebConfigSource(settings.web.config_file)
     app[BASIC_AUTH] = BasicAuthCheck()
     app[LIVE_METRICS] = LiveMetrics()
+    app[PLATFORM_KEYS] = PlatformKeys()
     database = Database(settings.database)
     app[DATABASE] = database
     app[REFRESHER] = Refresher(database, settings, version=__version__)
