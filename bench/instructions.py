@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         bare: ManagedProcess | None = None
         try:
-            exporter.wait_counted(base, timeout_s=600)
+            exporter.wait_counted(base, timeout_s=1800)
             headers = {"X-Platform-Key": key}
             wait_for(
                 lambda: http_get(f"{base}/metrics", headers)[0] == 200,
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                 for path in PATHS
             }
             bare, bare_base = start_bare(workdir, answers, wrapper=_callgrind(bare_out))
-            bare.wait_http(f"{bare_base}/prometheus", timeout_s=120)
+            bare.wait_http(f"{bare_base}/prometheus", timeout_s=1800)
             print("| endpoint | exporter instructions/request | bare aiohttp | exporter / bare |")
             print("|---|---|---|---|")
             counts = {"requests": args.requests, "clients": args.clients}
