@@ -32,6 +32,7 @@ import ssl
 import statistics
 import tempfile
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -188,55 +189,65 @@ def _cpu_ratio(pairs: PairedRatio[ServedRun]) -> PairedRatio[ServedRun]:
     return paired_ratio(pairs.ours, pairs.reference, lambda run: 1 / run.cpu_us_per_request)
 
 
-def _table(figures: dict[str, dict[str, EndpointFigures]]) -> str:
-    """The like-for-like comparison, one row per transport and endpoint: requests per second
-    of the median pair, the pair ratio, and CPU per request (medians of each side's runs)."""
+def _table(
+    figures: dict[str, dict[str, EndpointFigures]],
+    header: tuple[str, ...],
+    cells: Callable[[EndpointFigures], list[str]],
+) -> str:
+    """One row per transport and endpoint: the two, then ``cells`` of its figures."""
     rows = [
-        "| transport | endpoint | exporter req/s | bare aiohttp req/s "
-        f"| throughput ratio (median of {PAIRS} pairs, min-max) "
-        "| exporter CPU µs/request | bare CPU µs/request | CPU ratio bare/exporter (min-max) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| transport | endpoint | " + " | ".join(header) + " |",
+        "|---|---|" + "---|" * len(header),
     ]
     for transport, by_path in figures.items():
         for path in PATHS:
-            pairs = by_path[path].like_for_like
-            ours, bare = pairs.median_pair
-            cells = [
-                transport,
-                f"`{path}`",
-                f"{ours.rps:,.0f}",
-                f"{bare.rps:,.0f}",
-                pairs.text(),
-                _cpu_median(pairs.ours),
-                _cpu_median(pairs.reference),
-                _cpu_ratio(pairs).text(),
-            ]
-            rows.append("| " + " | ".join(cells) + " |")
+            row = [transport, f"`{path}`", *cells(by_path[path])]
+            rows.append("| " + " | ".join(row) + " |")
     return "\n".join(rows)
 
 
-def _body_only_table(figures: dict[str, dict[str, EndpointFigures]]) -> str:
-    """The same exporter runs against the previous baseline (same bodies, content type
-    only, no key sent), for reading older sections."""
-    rows = [
-        "| transport | endpoint | body-only bare req/s "
-        f"| throughput ratio (median of {PAIRS} pairs, min-max) "
-        "| body-only bare CPU µs/request | CPU ratio bare/exporter (min-max) |",
-        "|---|---|---|---|---|---|",
+LIKE_FOR_LIKE_HEADER = (
+    "exporter req/s",
+    "bare aiohttp req/s",
+    f"throughput ratio (median of {PAIRS} pairs, min-max)",
+    "exporter CPU µs/request",
+    "bare CPU µs/request",
+    "CPU ratio bare/exporter (min-max)",
+)
+
+
+def _like_for_like_cells(figures: EndpointFigures) -> list[str]:
+    """Requests per second of the median pair, the pair ratio, and CPU per request (medians
+    of each side's runs)."""
+    pairs = figures.like_for_like
+    ours, bare = pairs.median_pair
+    return [
+        f"{ours.rps:,.0f}",
+        f"{bare.rps:,.0f}",
+        pairs.text(),
+        _cpu_median(pairs.ours),
+        _cpu_median(pairs.reference),
+        _cpu_ratio(pairs).text(),
     ]
-    for transport, by_path in figures.items():
-        for path in PATHS:
-            pairs = by_path[path].body_only
-            cells = [
-                transport,
-                f"`{path}`",
-                f"{pairs.median_pair[1].rps:,.0f}",
-                pairs.text(),
-                _cpu_median(pairs.reference),
-                _cpu_ratio(pairs).text(),
-            ]
-            rows.append("| " + " | ".join(cells) + " |")
-    return "\n".join(rows)
+
+
+BODY_ONLY_HEADER = (
+    "body-only bare req/s",
+    f"throughput ratio (median of {PAIRS} pairs, min-max)",
+    "body-only bare CPU µs/request",
+    "CPU ratio bare/exporter (min-max)",
+)
+
+
+def _body_only_cells(figures: EndpointFigures) -> list[str]:
+    """The same exporter runs against the previous baseline, for reading older sections."""
+    pairs = figures.body_only
+    return [
+        f"{pairs.median_pair[1].rps:,.0f}",
+        pairs.text(),
+        _cpu_median(pairs.reference),
+        _cpu_ratio(pairs).text(),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -257,7 +268,6 @@ def main(argv: list[str] | None = None) -> int:
         if not args.plain_only:
             # TLS second: its certificate is trusted by urllib from then on.
             figures["TLS"] = _measure(workdir, dsn, wrk, tls=True)
-    table = _table(figures)
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     section = "\n".join(
         [
@@ -272,12 +282,12 @@ def main(argv: list[str] | None = None) -> int:
             "",
             "Against bare aiohttp answering the same request with the same body and headers:",
             "",
-            table,
+            _table(figures, LIKE_FOR_LIKE_HEADER, _like_for_like_cells),
             "",
             "The same exporter runs against the previous baseline (same bodies, content type"
             " only, no key sent):",
             "",
-            _body_only_table(figures),
+            _table(figures, BODY_ONLY_HEADER, _body_only_cells),
             "",
         ]
     )
