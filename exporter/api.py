@@ -44,7 +44,6 @@ REFRESHER = web.AppKey("refresher", Refresher)
 WEB_CONFIG = web.AppKey("web_config", WebConfigSource)
 BASIC_AUTH = web.AppKey("basic_auth", BasicAuthCheck)
 LIVE_METRICS = web.AppKey("live_metrics", LiveMetrics)
-
 PLATFORM_KEYS = web.AppKey("platform_keys", PlatformKeys)
 
 PLATFORM_KEY_HEADER = "X-Platform-Key"
