@@ -11,11 +11,18 @@ exporter's own answers, like for like). For each endpoint a few hundred requests
 path, the counters are zeroed, then ``--requests`` identical requests (the platform key on
 ``/status`` and ``/metrics``) are sent over ``--clients`` keep-alive connections, one at a
 time on each, and the instructions counted since the zero are divided by the requests.
+``VALGRIND`` names the valgrind to run (by default the one on ``PATH``).
+
+``/prometheus`` also carries its self-metrics, rendered at most once a second: under
+callgrind a second holds far fewer requests than at full speed, so that render weighs more
+per request here than in ``bench.edge``, and more the slower the run. ``/status`` and
+``/metrics`` have no such part.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import socket
 import subprocess
@@ -116,7 +123,8 @@ def _per_request(
 
 
 def _callgrind(out_file: Path) -> list[str]:
-    return ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_file}"]
+    valgrind = os.environ.get("VALGRIND", "valgrind")
+    return [valgrind, "--tool=callgrind", f"--callgrind-out-file={out_file}"]
 
 
 def main(argv: list[str] | None = None) -> int:
