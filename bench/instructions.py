@@ -131,13 +131,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=2000, help="per endpoint and server")
     parser.add_argument("--clients", type=int, default=4, help="keep-alive connections")
+    parser.add_argument("--engines", type=int, default=SCALE.engines, help="fleet size")
     args = parser.parse_args(argv)
     key = bench_key(1)
     with tempfile.TemporaryDirectory(prefix="bench-instr-") as temp, EmbeddedPostgres() as cluster:
         workdir = Path(temp)
         dsn = cluster.create_database("bench_instructions")
         apply_schema(dsn)
-        generate(dsn, SCALE)
+        generate(dsn, Scale(args.engines, 2 * args.engines, SCALE.products))
         ours_out, bare_out = workdir / "exporter.callgrind", workdir / "bare.callgrind"
         exporter, base = start_exporter(
             workdir, dsn, interval_s=3600, max_staleness_s=7200, wrapper=_callgrind(ours_out)
