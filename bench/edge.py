@@ -278,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
             f"Machine: {machine()}; {machine_load_text(load_before, load_average())}."
             f" Load: {tool_name(wrk)}, {CONNECTIONS} keep-alive"
             f" connections, {LOAD_SECONDS} s per run, {PAIRS} interleaved rounds of the three"
-            f" servers. Fleet: {SCALE.label}. Command: `python -m bench.edge`.",
+            f" servers. Fleet: {SCALE.label}."
+            f" Command: `python -m bench.edge{' --plain-only' if args.plain_only else ''}`.",
             "",
             "Against bare aiohttp answering the same request with the same body and headers:",
             "",
