@@ -33,6 +33,7 @@ from exporter.domain import (
     EventCategory,
     average_ms,
 )
+from exporter.loopguard import Pace, no_pace
 
 ID_ALLOCATION_GRACE = timedelta(seconds=60)
 """Upper bound on the time between an INSERT taking an audit id from the sequence and its
@@ -340,10 +341,11 @@ class AuditTally:
         if row.timestamp > now - ROLLING_WINDOW:
             self.add_recent(row.product_id, row.action, row.timestamp)
 
-    def prune(self, now: datetime) -> None:
+    def prune(self, now: datetime, pace: Pace = no_pace) -> None:
         """Forget rows that have left the rolling window for good (windows only move forward)."""
         cutoff = now - ROLLING_WINDOW
         for key in list(self._recent):
+            pace()
             timestamps = self._recent[key]
             del timestamps[: bisect.bisect_right(timestamps, cutoff)]
             if not timestamps:

@@ -34,6 +34,7 @@ from exporter.config import Settings
 from exporter.db import Transaction
 from exporter.domain import ROLLING_WINDOW, ActionCategories
 from exporter.logs import log_event
+from exporter.loopguard import Pace, no_pace
 
 logger = logging.getLogger("exporter.audit")
 
@@ -192,7 +193,7 @@ class AuditCounter:
         high_water = max([tracker.high_water, *(row.id for row in rows)])
         return LiveRead(snapshot, rows, resumed, await self._identity_if_due(tx, high_water))
 
-    def apply(self, read: LiveRead | FirstRead) -> None:
+    def apply(self, read: LiveRead | FirstRead, pace: Pace = no_pace) -> None:
         """Apply a successful refresh's read; a checkpoint due with it is written by
         ``write_checkpoint``, once the refresh is published."""
         now = read.snapshot.started_at
@@ -211,9 +212,10 @@ class AuditCounter:
                 self._backfill = read.resumed.backfill
             assert self._tracker is not None
             for row in read.rows:
+                pace()
                 self._tally.add_row(row, now)
             self._tracker.advance((row.id for row in read.rows), read.snapshot)
-        self._tally.prune(now)
+        self._tally.prune(now, pace)
         self._checkpoint_due = read.identity
 
     def request_checkpoint(self) -> None:

@@ -16,6 +16,8 @@ from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Self
 
+from exporter.loopguard import Pace, no_pace, paced
+
 if TYPE_CHECKING:
     from exporter.config import ActionSettings
 
@@ -232,6 +234,7 @@ def engine_census(
     product_ids: Iterable[str],
     taken_at: datetime,
     max_versions: int,
+    pace: Pace = no_pace,
 ) -> EngineCensus:
     """Fold census rows into per-product figures. Probe figures count ``running`` engines
     only: the orchestrator's health loop probes nothing else."""
@@ -239,6 +242,7 @@ def engine_census(
     overdue: dict[str, int] = {}
     oldest_probe: dict[str, datetime] = {}
     for group in groups:
+        pace()
         by_version = versions.setdefault(group.product_id, {})
         by_version[group.version] = by_version.get(group.version, 0) + group.count
         if group.status != "running":
@@ -259,7 +263,7 @@ def engine_census(
                         versions_for_labels(by_version, max_versions)
                     ),
                 )
-                for pid, by_version in versions.items()
+                for pid, by_version in paced(versions.items(), pace)
             }
         ),
     )

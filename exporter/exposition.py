@@ -51,6 +51,7 @@ from exporter.catalogue import (
     SelfFamily,
 )
 from exporter.domain import ProductFleet
+from exporter.loopguard import Pace, no_pace
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -248,7 +249,7 @@ class ExpositionRenderer:
         self.last_compressed_bytes = 0
         """Plain bytes the last ``render`` compressed (the other segments were reused)."""
 
-    def render(self, data: ExpositionInput) -> RenderedExposition:
+    def render(self, data: ExpositionInput, pace: Pace = no_pace) -> RenderedExposition:
         self.last_rendered = self.last_rendered_families = self.last_compressed_bytes = 0
         segments: dict[tuple[bytes, ...], bytes] = {}
         self_metrics = {f.name: _both_formats(_to_metric(f, data)) for f in SELF_FAMILIES}
@@ -257,13 +258,13 @@ class ExpositionRenderer:
             text, openmetrics = text_self, openmetrics_self
         else:
             ordered = sorted(data.snapshot.fleets.values(), key=lambda f: f.product.slug)
-            entries = self._product_entries(ordered, data.fleet_context)
-            text, openmetrics = self._assemble(data, self_metrics, entries, segments)
+            entries = self._product_entries(ordered, data.fleet_context, pace)
+            text, openmetrics = self._assemble(data, self_metrics, entries, segments, pace)
         self._segments = segments
         return RenderedExposition(text, openmetrics, text_self, openmetrics_self)
 
     def _product_entries(
-        self, ordered: Sequence[ProductFleet], context: FleetContext
+        self, ordered: Sequence[ProductFleet], context: FleetContext, pace: Pace
     ) -> list[_ProductEntry]:
         if context != self._context:
             self._context = context
@@ -271,6 +272,7 @@ class ExpositionRenderer:
         previous, current = self._products, {}
         entries = []
         for fleet in ordered:
+            pace()
             product_id = fleet.product.product_id
             entry = previous.get(product_id)
             if entry is None or entry.fleet.product.slug != fleet.product.slug:
@@ -319,6 +321,7 @@ class ExpositionRenderer:
         self_metrics: dict[str, tuple[bytes, bytes]],
         entries: Sequence[_ProductEntry] | None,
         segments: dict[tuple[bytes, ...], bytes],
+        pace: Pace = no_pace,
     ) -> tuple[Body, Body]:
         """Both formats' bodies; without ``entries``, the self-metrics alone."""
         text, openmetrics = _Assembly(), _Assembly()
@@ -336,9 +339,11 @@ class ExpositionRenderer:
             headers = self._header(family, data.refresh_interval_s)
             for assembly, header in zip((text, openmetrics), headers, strict=True):
                 assembly.add(header, self._deflated((header,), segments))
+            column = [e.lines[index] for e in entries]
             step = self._segment_products
-            for start in range(0, len(entries), step):
-                run = tuple(e.lines[index] for e in entries[start : start + step])
+            for start in range(0, len(column), step):
+                pace()
+                run = tuple(column[start : start + step])
                 plain = b"".join(run)
                 deflated = self._deflated(run, segments)
                 text.add(plain, deflated)

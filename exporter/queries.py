@@ -12,6 +12,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from exporter.audit import AuditRow, DbSnapshot
 from exporter.checkpoint import DataIdentity
@@ -23,6 +24,7 @@ from exporter.domain import (
     Product,
     quota_from_policy,
 )
+from exporter.loopguard import Pace, no_pace
 from exporter.sqlfiles import recommended_indexes
 
 _REPLICATION = """
@@ -89,7 +91,8 @@ a handful of policies."""
 ENGINE_COUNTS = Statement(
     "engine_counts",
     """
-    SELECT product_id::text, status, count(*), min(created_at)
+    SELECT product_id::text, status, count(*),
+           min(created_at) FILTER (WHERE status = 'provisioning')
     FROM engines
     GROUP BY product_id, status
     """,
@@ -319,16 +322,24 @@ async def fetch_products(tx: Transaction) -> list[Product]:
     return products
 
 
-@dataclass(frozen=True, slots=True)
-class EngineCount:
+class EngineCount(NamedTuple):
+    """One row of ``engine_counts``: a product's engines in one status. A tuple, not a
+    dataclass: a refresh makes one per product and status (tens of thousands at scale)."""
+
     product_id: str
     status: str
-    count: int
-    oldest_created_at: datetime
+    engines: int
+    oldest_provisioning_at: datetime | None
+    """When the oldest engine of a ``provisioning`` group was created; None for every other
+    status, whose creation times nothing reads (and whose parsing would cost the refresh)."""
 
 
 async def fetch_engine_counts(tx: Transaction) -> list[EngineCount]:
-    return [EngineCount(*row) async for batch in tx.fetch_batches(ENGINE_COUNTS) for row in batch]
+    return [
+        count
+        async for batch in tx.fetch_batches(ENGINE_COUNTS)
+        for count in map(EngineCount._make, batch)
+    ]
 
 
 async def fetch_engine_census(tx: Transaction, probed_before: datetime) -> list[EngineGroup]:
@@ -340,19 +351,18 @@ async def fetch_engine_census(tx: Transaction, probed_before: datetime) -> list[
     ]
 
 
-def engine_counts_of(groups: Sequence[EngineGroup]) -> list[EngineCount]:
+def engine_counts_of(groups: Sequence[EngineGroup], pace: Pace = no_pace) -> list[EngineCount]:
     """The ``engine_counts`` rows a census holds: its groups summed over versions."""
     counts: dict[tuple[str, str], EngineCount] = {}
     for group in groups:
+        pace()
         key = (group.product_id, group.status)
         known = counts.get(key)
+        oldest = group.oldest_created_at if group.status == "provisioning" else None
+        if oldest is not None and known is not None and known.oldest_provisioning_at is not None:
+            oldest = min(oldest, known.oldest_provisioning_at)
         counts[key] = EngineCount(
-            group.product_id,
-            group.status,
-            group.count + (known.count if known else 0),
-            min(group.oldest_created_at, known.oldest_created_at)
-            if known
-            else group.oldest_created_at,
+            group.product_id, group.status, group.count + (known.engines if known else 0), oldest
         )
     return list(counts.values())
 

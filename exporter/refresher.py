@@ -42,7 +42,7 @@ from exporter.domain import (
 )
 from exporter.exposition import ExpositionRenderer, RenderedExposition
 from exporter.logs import log_event
-from exporter.loopguard import RefreshWork
+from exporter.loopguard import Pace, RefreshWork, no_pace
 from exporter.refresh_stats import REFRESH_STAGES, RefreshStage, RefreshStats
 from exporter.views import RenderedViews, ViewsRenderer
 
@@ -117,6 +117,7 @@ def build_snapshot(
     previous: FleetSnapshot | None,
     *,
     audit_counted: bool,
+    pace: Pace = no_pace,
 ) -> FleetSnapshot:
     """The snapshot of one refresh as of database time ``now``. A product whose figures are
     those of its fleet in ``previous`` keeps that very fleet object (``_same_figures``): no
@@ -125,12 +126,13 @@ def build_snapshot(
     by_product: dict[str, dict[str, int]] = {p.product_id: {} for p in products}
     oldest_provisioning: dict[str, datetime] = {}
     for row in engine_counts:
-        by_product.setdefault(row.product_id, {})[row.status] = row.count
-        if row.status == "provisioning":
-            oldest_provisioning[row.product_id] = row.oldest_created_at
+        by_product.setdefault(row.product_id, {})[row.status] = row.engines
+        if row.oldest_provisioning_at is not None:
+            oldest_provisioning[row.product_id] = row.oldest_provisioning_at
     previous_fleets = previous.fleets if previous is not None else {}
     fleets = {}
     for product in products:
+        pace()
         product_id = product.product_id
         audit = tally.product_audit(product_id, now)
         oldest = oldest_provisioning.get(product_id)
@@ -189,7 +191,7 @@ class Refresher:
         self._exposition = ExpositionRenderer()
         self._views = ViewsRenderer(settings.health.critical_failed_ratio, self._categories)
         self._work = RefreshWork()
-        self._published = self._publish(None, None, None)
+        self._published = self._publish(no_pace, None, None, None)
 
     @property
     def published(self) -> Published:
@@ -263,8 +265,7 @@ class Refresher:
                     duration_s=round(self._last_duration_s, 3),
                 )
                 previous = self._published
-                self._published = await asyncio.to_thread(
-                    self._work.run,
+                self._published = await self._work.run(
                     self._publish,
                     previous.snapshot,
                     previous.last_success_unix,
@@ -272,8 +273,7 @@ class Refresher:
                 )
                 return False
             first = isinstance(audit_read, FirstRead)
-            self._published = await asyncio.to_thread(
-                self._work.run,
+            self._published = await self._work.run(
                 self._apply_and_publish,
                 audit_read,
                 snapshot,
@@ -325,7 +325,7 @@ class Refresher:
                 )
                 return False
             elapsed_s = time.monotonic() - started
-            await asyncio.to_thread(self._work.run, self._audit.apply_chunk, read, elapsed_s)
+            await self._work.run(lambda _: self._audit.apply_chunk(read, elapsed_s))
             counted = self._audit.counted
             log_event(
                 logger,
@@ -361,6 +361,7 @@ class Refresher:
 
     def _apply_and_publish(
         self,
+        pace: Pace,
         audit_read: LiveRead | FirstRead,
         snapshot: DbSnapshot,
         products: list[Product],
@@ -372,14 +373,15 @@ class Refresher:
         JSON answers stay quick while a large fleet is counted and rendered (in short GIL
         slices, its survivors kept out of the collector's full passes: ``exporter.loopguard``).
         Only the refresher (under its lock) touches this state; handlers read ``published``."""
-        self._audit.apply(audit_read)
+        self._audit.apply(audit_read, pace)
         if census_groups is not None:
-            engine_counts = queries.engine_counts_of(census_groups)
+            engine_counts = queries.engine_counts_of(census_groups, pace)
             self._census = engine_census(
                 census_groups,
                 (product.product_id for product in products),
                 snapshot.started_at,
                 self._settings.metrics.max_versions,
+                pace,
             )
         assert engine_counts is not None, "the counts of a refresh without the census"
         fleet_snapshot = build_snapshot(
@@ -390,15 +392,17 @@ class Refresher:
             self._census,
             self._published.snapshot,
             audit_counted=self._audit.counted,
+            pace=pace,
         )
-        views = self._views.render(fleet_snapshot)
+        views = self._views.render(fleet_snapshot, pace)
         self._last_duration_s = time.monotonic() - started
         self._database_up = True
         self._replication_lag_s = snapshot.replication_lag_s
-        return self._publish(fleet_snapshot, self._clock(), views)
+        return self._publish(pace, fleet_snapshot, self._clock(), views)
 
     def _publish(
         self,
+        pace: Pace,
         snapshot: FleetSnapshot | None,
         last_success_unix: float | None,
         views: RenderedViews | None,
@@ -418,7 +422,8 @@ class Refresher:
                 critical_failed_ratio=self._settings.health.critical_failed_ratio,
                 refresh_interval_s=self._settings.refresh.interval_s,
                 version=self._version,
-            )
+            ),
+            pace,
         )
         return Published(
             snapshot=snapshot,

@@ -23,6 +23,7 @@ from exporter.domain import (
     fleet_health,
     status_counts_for_json,
 )
+from exporter.loopguard import Pace, no_pace
 
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 
@@ -93,10 +94,11 @@ class ViewsRenderer:
         self.last_rendered = 0
         """Products whose bodies the last ``render`` serialised (the others were reused)."""
 
-    def render(self, snapshot: FleetSnapshot) -> RenderedViews:
+    def render(self, snapshot: FleetSnapshot, pace: Pace = no_pace) -> RenderedViews:
         previous, current = self._products, {}
         self.last_rendered = 0
         for product_id, fleet in snapshot.fleets.items():
+            pace()
             bodies = previous.get(product_id)
             if bodies is None or bodies.fleet is not fleet:
                 if bodies is not None and _reads(bodies.fleet) == _reads(fleet):

@@ -392,7 +392,8 @@ def _steps(draw: st.DrawFn) -> list[_Step]:
         for pid in present:
             for status in draw(st.sets(st.sampled_from(_STATUSES), max_size=2)):
                 created = now - timedelta(seconds=draw(st.sampled_from((0, 30, 5000))))
-                counts.append(EngineCount(pid, status, draw(st.integers(1, 3)), created))
+                oldest = created if status == "provisioning" else None
+                counts.append(EngineCount(pid, status, draw(st.integers(1, 3)), oldest))
         rows = []
         for _ in range(draw(st.integers(0, 4))):
             offset_s = draw(st.sampled_from((-4000, -3600, -1800, -1, 0, 30)))
@@ -413,9 +414,9 @@ def _steps(draw: st.DrawFn) -> list[_Step]:
                     c.product_id,
                     c.status,
                     draw(st.sampled_from(("1.0", "2.0"))),
-                    c.count,
-                    c.oldest_created_at,
-                    draw(st.integers(0, c.count)),
+                    c.engines,
+                    c.oldest_provisioning_at or now,
+                    draw(st.integers(0, c.engines)),
                     now - timedelta(seconds=draw(st.sampled_from((10, 100)))),
                 )
                 for c in counts
@@ -473,7 +474,7 @@ def test_a_refresh_that_reuses_unchanged_products_publishes_what_a_full_build_do
 def test_an_unchanged_product_keeps_its_fleet_object_and_costs_no_render() -> None:
     tally = _tally()
     products = [Product(pid, f"slug-{pid}", pid, f"{pid}-key") for pid in _POOL]
-    counts = [EngineCount(pid, "running", 2, NOW) for pid in _POOL]
+    counts = [EngineCount(pid, "running", 2, None) for pid in _POOL]
     census = engine_census([], _POOL, NOW, 1)
     exposition = ExpositionRenderer()
     first = build_snapshot(NOW, products, counts, tally, census, None, audit_counted=True)
@@ -483,7 +484,7 @@ def test_an_unchanged_product_keeps_its_fleet_object_and_costs_no_render() -> No
     later = NOW + timedelta(seconds=15)
     # the next refresh fetches new, equal rows
     products = [replace(p) for p in products]
-    counts = [replace(c) for c in counts]
+    counts = [c._replace() for c in counts]
     second = build_snapshot(later, products, counts, tally, census, first, audit_counted=True)
     exposition.render(replace(_snapshot_input(()), snapshot=second))
 
@@ -522,3 +523,36 @@ def test_a_new_census_renders_only_the_census_families_and_no_json_body_again() 
     assert renderer.last_rendered == 10
     assert renderer.last_rendered_families == 10
     assert views.last_rendered == 0
+
+
+class _CountingPace:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self) -> None:
+        self.calls += 1
+
+
+def test_building_and_rendering_pace_themselves_at_every_product() -> None:
+    """The refresh's work hands the GIL to the event loop only where it calls its pace
+    (``exporter.loopguard``): every product's step in each stage is such a place, so no
+    stretch of the work grows with the number of products."""
+    tally = _tally()
+    products = [Product(pid, f"slug-{pid}", pid, f"{pid}-key") for pid in _POOL]
+    counts = [EngineCount(pid, "running", 2, None) for pid in _POOL]
+    census = engine_census([], _POOL, NOW, 1)
+    stages = {
+        "build": _CountingPace(),
+        "views": _CountingPace(),
+        "exposition": _CountingPace(),
+    }
+    snapshot = build_snapshot(
+        NOW, products, counts, tally, census, None, audit_counted=True, pace=stages["build"]
+    )
+    ViewsRenderer(0.1, CATEGORIES).render(snapshot, stages["views"])
+    ExpositionRenderer().render(
+        replace(_snapshot_input(()), snapshot=snapshot), stages["exposition"]
+    )
+    assert {stage: pace.calls >= len(_POOL) for stage, pace in stages.items()} == dict.fromkeys(
+        stages, True
+    )

@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import itertools
 import sys
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
-from exporter.loopguard import SWITCH_INTERVAL_S, RefreshWork
+from exporter.loopguard import SWITCH_INTERVAL_S, LoopHandoff, RefreshWork, no_pace, paced
 
 
 @pytest.fixture(autouse=True)
@@ -40,7 +41,7 @@ class _Cycle:
 
 def test_the_work_runs_with_the_short_switch_interval_and_the_previous_one_comes_back() -> None:
     before = sys.getswitchinterval()
-    seen = RefreshWork().run(sys.getswitchinterval)
+    seen = RefreshWork().run_here(lambda _: sys.getswitchinterval(), no_pace)
     assert seen == SWITCH_INTERVAL_S != before
     assert sys.getswitchinterval() == before
 
@@ -48,11 +49,11 @@ def test_the_work_runs_with_the_short_switch_interval_and_the_previous_one_comes
 def test_the_previous_switch_interval_comes_back_when_the_work_fails() -> None:
     before = sys.getswitchinterval()
 
-    def fails() -> None:
+    def fails(_: object) -> None:
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
-        RefreshWork().run(fails)
+        RefreshWork().run_here(fails, no_pace)
     assert sys.getswitchinterval() == before
     assert gc.isenabled()
 
@@ -66,17 +67,17 @@ def test_a_work_cancelled_while_it_runs_and_one_started_meanwhile_leave_the_proc
     running = threading.Event()
     release = threading.Event()
 
-    def blocks() -> None:
+    def blocks(_: object) -> None:
         running.set()
         release.wait(5)
 
     async def scenario() -> list[bool]:
-        first = asyncio.ensure_future(asyncio.to_thread(RefreshWork().run, blocks))
+        first = asyncio.ensure_future(RefreshWork().run(blocks))
         await asyncio.to_thread(running.wait, 5)
         first.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await first
-        second = asyncio.ensure_future(asyncio.to_thread(RefreshWork().run, gc.isenabled))
+        second = asyncio.ensure_future(RefreshWork().run(lambda _: gc.isenabled()))
         await asyncio.sleep(0.05)
         assert not second.done()  # it waits for the first work's restore
         release.set()
@@ -90,7 +91,7 @@ def test_a_work_cancelled_while_it_runs_and_one_started_meanwhile_leave_the_proc
 def test_what_the_work_leaves_alive_is_frozen_and_still_freed_by_its_references() -> None:
     gc.unfreeze()
     kept: list[_Plain] = []
-    RefreshWork().run(lambda: kept.append(_Plain()))
+    RefreshWork().run_here(lambda _: kept.append(_Plain()), no_pace)
     assert gc.get_freeze_count() > 0
     reference = weakref.ref(kept[0])
     kept.clear()
@@ -116,5 +117,74 @@ def test_a_cycle_frozen_dead_is_collected_once_the_full_collection_is_due() -> N
 
 def test_no_automatic_collection_runs_during_the_work_and_it_is_on_again_after() -> None:
     assert gc.isenabled()
-    assert RefreshWork().run(gc.isenabled) is False
+    assert RefreshWork().run_here(lambda _: gc.isenabled(), no_pace) is False
     assert gc.isenabled()
+
+
+def test_the_work_waits_for_the_loop_to_turn_at_every_handoff() -> None:
+    """Each handoff lets the loop run its own callbacks before the work goes on: a ticker
+    task on the loop moves between any two steps of a work whose slices end at once."""
+
+    async def scenario() -> tuple[list[int], int]:
+        ticks = 0
+        stop = False
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not stop:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        def work(pace: Callable[[], None]) -> list[int]:
+            seen = []
+            for _ in paced(range(20), pace):
+                seen.append(ticks)
+            return seen
+
+        task = asyncio.ensure_future(ticker())
+        handoff = LoopHandoff(asyncio.get_running_loop(), slice_s=0.0)
+        seen = await asyncio.to_thread(work, handoff)
+        stop = True
+        await task
+        return seen, handoff.handoffs
+
+    seen, handoffs = asyncio.run(scenario())
+    assert handoffs == 20
+    assert all(later > earlier for earlier, later in itertools.pairwise(seen))
+
+
+def test_a_slice_not_yet_over_goes_on_without_a_handoff() -> None:
+    clock = _Clock()
+
+    async def scenario() -> int:
+        handoff = LoopHandoff(asyncio.get_running_loop(), slice_s=0.001, clock=clock)
+        await asyncio.to_thread(lambda: [handoff() for _ in range(100)])
+        before = handoff.handoffs
+        clock.now += 0.001
+        await asyncio.to_thread(handoff)
+        return before * 10 + handoff.handoffs
+
+    assert asyncio.run(scenario()) == 1  # none in the slice, one once it is over
+
+
+def test_the_work_goes_on_alone_once_the_loop_is_closed() -> None:
+    """At shutdown the loop may close while a cancelled refresh's thread still runs."""
+    loop = asyncio.new_event_loop()
+    handoff = LoopHandoff(loop, slice_s=0.0)
+    loop.close()
+    handoff()
+    handoff()
+    assert handoff.handoffs == 0
+
+
+def test_a_loop_that_no_longer_runs_holds_the_work_only_for_the_handoff_timeout() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        handoff = LoopHandoff(loop, slice_s=0.0)
+        done = threading.Event()
+        worker = threading.Thread(target=lambda: (handoff(), done.set()))
+        worker.start()
+        assert done.wait(5)  # HANDOFF_TIMEOUT_S is 0.1 s; the loop never ran the turns
+        worker.join()
+    finally:
+        loop.close()
