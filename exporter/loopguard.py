@@ -23,7 +23,6 @@ which shares the GIL with the event loop. Measured at 5,000 products, three thin
   (rare: the snapshot and its pieces hold none) do not pile up, once every
   ``FULL_COLLECTION_INTERVAL_S`` everything is unfrozen and collected in one full pass, in
   the worker: one pause of that size an hour instead of one every couple of refreshes.
-
 * **The GIL shared while the loop is busy.** Under load the loop wants the GIL all the
   time, so with the short interval alone the work and the loop hand it to each other at
   every system call the loop makes, and requests queue. The work therefore hands the GIL
