@@ -421,21 +421,17 @@ class AuditTally:
             return issued.audit
         last_hour = {}
         now_us = _micros(now)
-        until_us: int | None = None
+        edges_us = []  # when a row next enters or leaves the window, per category
         for category in EventCategory:
             timestamps = self._recent.get((product_id, category), _NO_TIMES)
             newer = bisect.bisect_right(timestamps, now_us)
             leaving = bisect.bisect_right(timestamps, now_us - _WINDOW_US)
             last_hour[category] = newer - leaving
-            for edge in (
-                timestamps[newer] if newer < len(timestamps) else None,
-                timestamps[leaving] + _WINDOW_US if leaving < len(timestamps) else None,
-            ):
-                if edge is not None and (until_us is None or edge < until_us):
-                    until_us = edge
-        until = (
-            datetime.max.replace(tzinfo=now.tzinfo) if until_us is None else _from_micros(until_us)
-        )
+            if newer < len(timestamps):
+                edges_us.append(timestamps[newer])
+            if leaving < len(timestamps):
+                edges_us.append(timestamps[leaving] + _WINDOW_US)
+        until = _from_micros(min(edges_us)) if edges_us else datetime.max.replace(tzinfo=now.tzinfo)
         sample = self._boot_samples.get(product_id, [])
         audit = ProductAudit(
             lifetime_by_action=MappingProxyType(dict(self._lifetime.get(product_id, {}))),
