@@ -19,10 +19,11 @@ from multidict import CIMultiDict
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from exporter import __version__
+from exporter import __version__, queries
 from exporter.api import REFRESHER
 from exporter.app import create_app
 from exporter.catalogue import FAMILIES
+from exporter.db import Database
 from exporter.domain import DOCUMENTED_ACTIONS, ENGINE_STATES
 from exporter.selfmetrics import LIVE_FAMILIES, without_live
 from tests.support import canary
@@ -118,6 +119,28 @@ async def test_engine_counts_cover_every_state_and_fold_unknown_ones(
     oldest = samples[("engine_fleet_oldest_provisioning_seconds", (("product", "acme"),))]
     assert 300 <= oldest < 400
     assert samples[("engine_fleet_oldest_provisioning_seconds", (("product", "globex"),))] == 0
+
+
+async def test_the_engine_counts_statement_agrees_with_the_census_it_stands_in_for(
+    fleet: dict[str, Any],
+) -> None:
+    """Refreshes between censuses count engines with ``engine_counts``: the same counts the
+    census sums over versions, and a creation time only where one is read (provisioning)."""
+    database = Database(make_settings(fleet["dsn"]).database)
+    try:
+        async with database.read_transaction() as tx:
+            now = (await queries.fetch_snapshot(tx)).started_at
+            counts = await queries.fetch_engine_counts(tx)
+            census = await queries.fetch_engine_census(tx, now)
+    finally:
+        await database.close()
+    assert sorted(counts) == sorted(queries.engine_counts_of(census))
+    times = {count.status: count.oldest_provisioning_at for count in counts}
+    assert set(times) == set(fleet["statuses"])
+    provisioning = times.pop("provisioning")
+    assert provisioning is not None
+    assert 300 <= (now - provisioning).total_seconds() < 400
+    assert set(times.values()) == {None}
 
 
 async def test_lifecycle_counters_cover_documented_actions_and_fold_unknown_ones(
