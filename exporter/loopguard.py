@@ -133,10 +133,11 @@ class LoopHandoff:
 
 
 class RefreshWork:
-    """Runs the refresh's CPU work in short GIL slices and settles what it leaves behind.
+    """Runs the refresh's CPU work in a worker thread that hands the GIL to the event loop
+    between its slices, and settles what it leaves behind.
 
-    One owner (the refresher, under its lock) calls ``run`` from its worker thread; runs that
-    overlap anyway (any owner, any thread) take turns.
+    One owner (the refresher, under its lock) awaits ``run`` on the loop; works that overlap
+    anyway (any owner, any thread) take turns.
     """
 
     def __init__(

@@ -370,8 +370,9 @@ class Refresher:
         started: float,
     ) -> Published:
         """The CPU half of a successful refresh, run off the event loop so that scrapes and
-        JSON answers stay quick while a large fleet is counted and rendered (in short GIL
-        slices, its survivors kept out of the collector's full passes: ``exporter.loopguard``).
+        JSON answers stay quick while a large fleet is counted and rendered (handing the
+        GIL to the loop between slices, its survivors kept out of the collector's full
+        passes: ``exporter.loopguard``).
         Only the refresher (under its lock) touches this state; handlers read ``published``."""
         self._audit.apply(audit_read, pace)
         if census_groups is not None:
