@@ -188,3 +188,15 @@ def test_a_loop_that_no_longer_runs_holds_the_work_only_for_the_handoff_timeout(
         worker.join()
     finally:
         loop.close()
+
+
+def test_run_gives_the_work_a_handoff_to_the_loop_it_was_awaited_on() -> None:
+    async def scenario() -> bool:
+        loop = asyncio.get_running_loop()
+
+        def work(pace: Callable[[], None]) -> bool:
+            return isinstance(pace, LoopHandoff) and pace._loop is loop
+
+        return await RefreshWork().run(work)
+
+    assert asyncio.run(scenario())
